@@ -1,0 +1,125 @@
+"""Open a candidate or live database safely: read-only, untrusted schema, time-limited queries.
+
+A broken or hostile file must not be able to hang us or change anything:
+- `mode=ro` URI: SQLite never writes the file (no journal recovery, no WAL checkpoint);
+- `PRAGMA trusted_schema=OFF`: views and triggers cannot call functions with side effects;
+- `PRAGMA query_only=ON`: belt and braces against writes;
+- a progress handler aborts any statement that runs past its deadline.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_SIZE = 100
+
+
+class QueryTimeout(Exception):
+    """A statement ran past its time limit."""
+
+
+@dataclass(frozen=True)
+class Header:
+    page_size: int
+    write_version: int
+    read_version: int
+    change_counter: int
+    page_count: int
+    version_valid_for: int
+
+    @property
+    def wal_mode(self) -> bool:
+        return self.write_version == 2 or self.read_version == 2
+
+    def expected_size(self) -> int | None:
+        """File size the header promises, when the in-header page count is valid."""
+        if self.page_count and self.change_counter == self.version_valid_for:
+            return self.page_count * self.page_size
+        return None
+
+
+def parse_header(raw: bytes) -> Header | None:
+    """Parse the first 100 bytes of a SQLite file; None when it is not one."""
+    if len(raw) < HEADER_SIZE or not raw.startswith(SQLITE_MAGIC):
+        return None
+    (page_size,) = struct.unpack(">H", raw[16:18])
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return None
+    return Header(
+        page_size=page_size,
+        write_version=raw[18],
+        read_version=raw[19],
+        change_counter=struct.unpack(">I", raw[24:28])[0],
+        page_count=struct.unpack(">I", raw[28:32])[0],
+        version_valid_for=struct.unpack(">I", raw[92:96])[0],
+    )
+
+
+def read_header(path: Path) -> Header | None:
+    with open(path, "rb") as fh:
+        return parse_header(fh.read(HEADER_SIZE))
+
+
+class ReadOnlyDB:
+    """A read-only connection whose every statement runs under a deadline."""
+
+    def __init__(self, path: Path, timeout_ms: int, *, immutable: bool = False) -> None:
+        self.path = path
+        self.timeout_ms = timeout_ms
+        quoted = urllib.parse.quote(str(path.absolute()))
+        uri = f"file:{quoted}?mode=ro"
+        if immutable:
+            # the file is ours and never written: skip locking and -shm files
+            uri += "&immutable=1"
+        self._deadline = float("inf")
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self.conn.set_progress_handler(self._progress, 1000)
+        self.conn.execute("PRAGMA trusted_schema=OFF")
+        self.conn.execute("PRAGMA query_only=ON")
+
+    def _progress(self) -> int:
+        return 1 if time.monotonic() > self._deadline else 0
+
+    @contextmanager
+    def deadline(self, timeout_ms: int | None = None) -> Iterator[None]:
+        self._deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000.0
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "interrupted" in str(exc) and time.monotonic() > self._deadline:
+                raise QueryTimeout(
+                    f"query exceeded the {timeout_ms or self.timeout_ms} ms time limit"
+                ) from None
+            raise
+        finally:
+            self._deadline = float("inf")
+
+    def all(self, sql: str, params: Sequence[Any] = (), *, timeout_ms: int | None = None
+            ) -> list[tuple[Any, ...]]:
+        with self.deadline(timeout_ms):
+            return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[Any] = (), *, timeout_ms: int | None = None
+               ) -> Any:
+        with self.deadline(timeout_ms):
+            row = self.conn.execute(sql, tuple(params)).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ReadOnlyDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,325 @@
+"""Gates: the checks and probes run on one open candidate database.
+
+Order: is it SQLite; integrity (quick or full); foreign keys; required schema;
+[[checks]]; [[probes]]. The first four are structural: the first failure stops
+the run, since nothing after it would mean anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Check, Config, Probe
+from .db import QueryTimeout, ReadOnlyDB, read_header
+
+PASS, WARN, FAIL, ERROR = "pass", "warn", "fail", "error"
+STRUCTURAL = ("file", "integrity", "foreign_keys", "schema")
+
+
+@dataclass
+class GateResult:
+    name: str
+    kind: str  # file | integrity | foreign_keys | schema | check | probe
+    outcome: str  # pass | warn | fail | error
+    observed: Any = None
+    threshold: str | None = None
+    duration_ms: float = 0.0
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def reason(self) -> str:
+        text = f"{self.kind} {self.name}: {self.outcome}"
+        if self.detail:
+            text += f": {self.detail}"
+        elif self.threshold is not None:
+            text += f": observed {_fmt(self.observed)}, expected {self.threshold}"
+        return text
+
+
+@dataclass
+class GateReport:
+    path: str
+    results: list[GateResult] = field(default_factory=list)
+
+    def blocking(self, strict: bool = False) -> list[GateResult]:
+        bad = (FAIL, ERROR, WARN) if strict else (FAIL, ERROR)
+        return [r for r in self.results if r.outcome in bad]
+
+    def passed(self, strict: bool = False) -> bool:
+        return not self.blocking(strict)
+
+    def warnings(self) -> list[GateResult]:
+        return [r for r in self.results if r.outcome == WARN]
+
+    def check_values(self) -> dict[str, float]:
+        return {
+            r.name: r.observed for r in self.results
+            if r.kind == "check" and isinstance(r.observed, int | float)
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "checks": [r.as_dict() for r in self.results]}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "NULL" if value is None else str(value)
+
+
+@contextmanager
+def _timed(result: GateResult) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        result.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
+
+
+# -- structural gates ------------------------------------------------------
+
+
+def check_file(path: Path) -> GateResult:
+    """Is it a whole SQLite file? Header magic, page size, and size against the header."""
+    r = GateResult("sqlite_file", "file", PASS, threshold="a SQLite 3 database")
+    with _timed(r):
+        try:
+            size = os.path.getsize(path)
+            header = read_header(path)
+        except OSError as exc:
+            r.outcome, r.detail = ERROR, f"cannot read: {exc.strerror}"
+            return r
+        r.observed = size
+        if size == 0:
+            r.outcome, r.detail = FAIL, "empty file (0 bytes)"
+        elif header is None:
+            r.outcome, r.detail = FAIL, "not a SQLite database (no SQLite header)"
+        elif size % header.page_size:
+            r.outcome, r.detail = FAIL, (
+                f"truncated: {size} bytes is not a whole number of {header.page_size}-byte pages")
+        elif (expected := header.expected_size()) is not None and expected != size:
+            r.outcome, r.detail = FAIL, (
+                f"truncated or padded: the header says {header.page_count} pages "
+                f"({expected} bytes), the file has {size} bytes")
+    return r
+
+
+def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
+    pragma = "quick_check" if mode == "quick" else "integrity_check"
+    r = GateResult(pragma, "integrity", PASS, threshold="ok")
+    with _timed(r):
+        try:
+            rows = db.all(f"PRAGMA {pragma}(20)", timeout_ms=timeout_ms)
+        except QueryTimeout as exc:
+            r.outcome, r.detail = ERROR, str(exc)
+            return r
+        except sqlite3.DatabaseError as exc:
+            r.outcome, r.detail = FAIL, f"SQLite error: {exc}"
+            return r
+        messages = [str(row[0]) for row in rows]
+        r.observed = messages[0] if len(messages) == 1 else f"{len(messages)} problems"
+        if messages != ["ok"]:
+            r.outcome, r.detail = FAIL, "; ".join(messages[:3])
+    return r
+
+
+def check_foreign_keys(db: ReadOnlyDB) -> GateResult:
+    r = GateResult("foreign_key_check", "foreign_keys", PASS, observed=0, threshold="0 violations")
+    with _timed(r):
+        try:
+            rows = db.all("PRAGMA foreign_key_check")
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            r.outcome, r.detail = ERROR, str(exc)
+            return r
+        r.observed = len(rows)
+        if rows:
+            first = rows[0]
+            r.outcome, r.detail = FAIL, (
+                f"{len(rows)} violation(s), first in table {first[0]} rowid {first[1]} "
+                f"-> {first[2]}")
+    return r
+
+
+def check_required_schema(db: ReadOnlyDB, required: dict[str, tuple[str, ...]]) -> GateResult:
+    r = GateResult("required_schema", "schema", PASS,
+                   threshold=", ".join(f"{t}({', '.join(c)})" for t, c in required.items()) or None)
+    with _timed(r):
+        problems = []
+        try:
+            for table, columns in required.items():
+                present = {row[0] for row in db.all(
+                    "SELECT name FROM pragma_table_xinfo(?)", (table,))}
+                if not present:
+                    problems.append(f"missing table {table}")
+                    continue
+                missing = [c for c in columns if c not in present]
+                if missing:
+                    problems.append(f"table {table} lacks column(s) {', '.join(missing)}")
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            r.outcome, r.detail = ERROR, str(exc)
+            return r
+        r.observed = "ok" if not problems else f"{len(problems)} problem(s)"
+        if problems:
+            r.outcome, r.detail = FAIL, "; ".join(problems)
+    return r
+
+
+# -- checks and probes -----------------------------------------------------
+
+
+def run_check(db: ReadOnlyDB, check: Check, baseline: float | None) -> GateResult:
+    parts = []
+    if not check.fail.empty:
+        parts.append(f"fail outside {check.fail.describe()}")
+    if not check.warn.empty:
+        parts.append(f"warn outside {check.warn.describe()}")
+    r = GateResult(check.name, "check", PASS, threshold="; ".join(parts) or None)
+    with _timed(r):
+        try:
+            value = db.scalar(check.sql)
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            r.outcome, r.detail = ERROR, f"query failed: {exc}"
+            return r
+    r.observed = value
+    if value is None:
+        r.outcome, r.detail = FAIL, "query returned NULL (no rows, or only NULL values)"
+        return r
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        r.outcome, r.detail = ERROR, f"query returned {value!r}, not a number"
+        return r
+    if not check.fail.contains(value):
+        r.outcome = FAIL
+        r.detail = f"observed {_fmt(value)}, expected {check.fail.describe()}"
+        return r
+    if baseline is not None and not check.change.empty:
+        problem = _change_problem(check, float(value), float(baseline))
+        if problem:
+            r.outcome, r.detail = FAIL, problem
+            return r
+    if not check.warn.contains(value):
+        r.outcome = WARN
+        r.detail = f"observed {_fmt(value)}, warn outside {check.warn.describe()}"
+    return r
+
+
+def _change_problem(check: Check, value: float, base: float) -> str | None:
+    c = check.change
+    live = f"live release has {_fmt(base)}, candidate {_fmt(value)}"
+    if base != 0 and c.max_drop_pct is not None:
+        drop = (base - value) / abs(base) * 100
+        if drop > c.max_drop_pct:
+            return f"dropped {drop:.2f}% (max {c.max_drop_pct:g}%): {live}"
+    if base != 0 and c.max_growth_pct is not None:
+        growth = (value - base) / abs(base) * 100
+        if growth > c.max_growth_pct:
+            return f"grew {growth:.2f}% (max {c.max_growth_pct:g}%): {live}"
+    if c.max_delta is not None and abs(value - base) > c.max_delta:
+        return f"changed by {abs(value - base):.6g} (max {c.max_delta:g}): {live}"
+    return None
+
+
+def p95(durations: list[float]) -> float:
+    ordered = sorted(durations)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def run_probe(db: ReadOnlyDB, probe: Probe, runs: int) -> GateResult:
+    threshold = f"p95 <= {probe.budget_ms:g} ms" + (
+        f", >= {probe.min_rows} rows" if probe.min_rows else "")
+    r = GateResult(probe.name, "probe", PASS, threshold=threshold)
+    durations: list[float] = []
+    rows = 0
+    with _timed(r):
+        try:
+            for i in range(runs):
+                t0 = time.perf_counter()
+                got = db.all(probe.sql, probe.params)
+                durations.append((time.perf_counter() - t0) * 1000)
+                if i == 0:
+                    rows = len(got)
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            r.outcome, r.detail = ERROR, f"query failed: {exc}"
+            return r
+    q = p95(durations)
+    r.observed = round(q, 3)
+    if rows < probe.min_rows:
+        r.outcome, r.detail = FAIL, f"returned {rows} row(s), expected at least {probe.min_rows}"
+    elif q > probe.budget_ms:
+        r.outcome, r.detail = FAIL, (
+            f"p95 {q:.1f} ms over {runs} runs exceeds the {probe.budget_ms:g} ms budget")
+    return r
+
+
+# -- pipelines -------------------------------------------------------------
+
+
+def open_candidate(path: Path, config: Config) -> ReadOnlyDB:
+    return ReadOnlyDB(path, config.gates.query_timeout_ms)
+
+
+def _structural(path: Path, config: Config, report: GateReport,
+                steps: list[Callable[[ReadOnlyDB], GateResult]]) -> ReadOnlyDB | None:
+    """File check, then each step on an open DB; None (and closed) on the first failure."""
+    first = check_file(path)
+    report.results.append(first)
+    if first.outcome != PASS:
+        return None
+    try:
+        db = open_candidate(path, config)
+    except sqlite3.DatabaseError as exc:
+        report.results.append(GateResult("open", "file", FAIL, detail=f"cannot open: {exc}"))
+        return None
+    for step in steps:
+        result = step(db)
+        report.results.append(result)
+        if result.outcome != PASS:
+            db.close()
+            return None
+    return db
+
+
+def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = None) -> GateReport:
+    """All gates on one file (the staged copy). baseline: the live release's check values."""
+    report = GateReport(path=str(path))
+    gates = config.gates
+    db = _structural(path, config, report, [
+        lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms),
+        check_foreign_keys,
+        lambda d: check_required_schema(d, gates.required),
+    ])
+    if db is None:
+        return report
+    with db:
+        for check in config.checks:
+            report.results.append(run_check(db, check, (baseline or {}).get(check.name)))
+        for probe in config.probes:
+            report.results.append(run_probe(db, probe, gates.probe_runs))
+    return report
+
+
+def quick_structural_check(path: Path, config: Config) -> GateReport:
+    """A check whose cost does not grow with the file: header, size, schema, probes once.
+
+    Used before a rollback and after a swap, where a full integrity pass would make
+    the time depend on the database size.
+    """
+    report = GateReport(path=str(path))
+    db = _structural(path, config, report, [
+        lambda d: check_required_schema(d, config.gates.required),
+    ])
+    if db is None:
+        return report
+    with db:
+        for probe in config.probes:
+            report.results.append(run_probe(db, probe, 1))
+    return report

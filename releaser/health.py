@@ -1,0 +1,139 @@
+"""Health check of the live release, as `releaser check` and the monitor run it.
+
+The cheap part runs every time and does not grow with the file: resolve the
+symlink, compare size/inode/mtime with what was recorded, read the header,
+run the probes against their budgets. The full sha256 and PRAGMA quick_check
+read the whole file, so callers ask for them only every N checks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import gates
+from .config import Config
+from .db import ReadOnlyDB
+from .state import Release, StateDB
+from .store import Store, sha256_file
+
+
+@dataclass
+class HealthReport:
+    ok: bool
+    release_id: int | None
+    path: str | None
+    reasons: list[str] = field(default_factory=list)
+    results: list[gates.GateResult] = field(default_factory=list)
+    duration_ms: float = 0.0
+    hashed: bool = False
+    integrity_checked: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "release_id": self.release_id,
+            "path": self.path,
+            "reasons": self.reasons,
+            "hashed": self.hashed,
+            "integrity_checked": self.integrity_checked,
+            "duration_ms": self.duration_ms,
+            "checks": [r.as_dict() for r in self.results],
+        }
+
+
+def check_live(
+    config: Config,
+    store: Store,
+    state: StateDB,
+    *,
+    full_hash: bool = False,
+    integrity: bool = True,
+) -> HealthReport:
+    t0 = time.perf_counter()
+    report = _check(config, store, state, full_hash=full_hash, integrity=integrity)
+    report.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
+    report.ok = not report.reasons
+    return report
+
+
+def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
+           integrity: bool) -> HealthReport:
+    target = store.live_target()
+    rid = store.live_release_id()
+    report = HealthReport(ok=False, release_id=rid, path=str(target) if target else None)
+    if target is None:
+        if store.live_path.exists():
+            report.reasons.append(f"{store.live_path} is not a symlink managed by releaser")
+        else:
+            report.reasons.append(f"{store.live_path} does not exist: no live release")
+        return report
+    if rid is None:
+        report.reasons.append(f"{store.live_path} points outside the slots: {target}")
+        return report
+    release = state.release(rid)
+    if release is None:
+        report.reasons.append(f"live release {rid} has no record in {state.path}")
+        return report
+    if not _identity_ok(report, store.live_path, release):
+        return report
+
+    file_result = gates.check_file(store.live_path)
+    report.results.append(file_result)
+    if file_result.outcome != gates.PASS:
+        report.reasons.append(file_result.reason())
+        return report
+    if full_hash:
+        report.hashed = True
+        digest = sha256_file(store.live_path)
+        if digest != release.sha256:
+            report.reasons.append(
+                f"live file sha256 {digest[:12]}… differs from release {rid}'s "
+                f"{release.sha256[:12]}…: it was modified in place")
+            return report
+    try:
+        db = ReadOnlyDB(store.live_path, config.gates.query_timeout_ms)
+    except Exception as exc:  # noqa: BLE001 - any open failure is a failed check
+        report.reasons.append(f"cannot open {store.live_path}: {exc}")
+        return report
+    with db:
+        steps = []
+        if integrity:
+            report.integrity_checked = True
+            steps.append(gates.check_integrity(
+                db, "quick", config.gates.integrity_timeout_ms))
+        if not steps or steps[-1].outcome == gates.PASS:
+            steps.append(gates.check_required_schema(db, config.gates.required))
+        report.results.extend(steps)
+        if all(s.outcome == gates.PASS for s in steps):
+            for probe in config.probes:
+                report.results.append(gates.run_probe(db, probe, 1))
+    report.reasons.extend(r.reason() for r in report.results if r.outcome in (
+        gates.FAIL, gates.ERROR))
+    return report
+
+
+def _identity_ok(report: HealthReport, live_path: Path, release: Release) -> bool:
+    """Same file as recorded? size, inode and mtime: O(1), catches replacement and rewrites."""
+    try:
+        st = live_path.stat()
+    except FileNotFoundError:
+        report.reasons.append(f"{live_path} points at a missing file (release {release.id})")
+        return False
+    except OSError as exc:
+        report.reasons.append(f"{live_path}: {exc.strerror}")
+        return False
+    changed = []
+    if st.st_size != release.size:
+        changed.append(f"size {release.size} -> {st.st_size}")
+    if release.inode is not None and st.st_ino != release.inode:
+        changed.append("inode differs")
+    if release.mtime_ns is not None and st.st_mtime_ns != release.mtime_ns:
+        changed.append("mtime differs")
+    if changed:
+        report.reasons.append(
+            f"live file is not release {release.id} as recorded ({', '.join(changed)})")
+        return False
+    return True

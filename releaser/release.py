@@ -1,0 +1,726 @@
+"""Publish and rollback: short pipelines over store, gates and state.
+
+publish: preflight source -> lock -> reconcile -> stage into idle slot (copy+hash)
+         -> gates on the staged copy -> record -> rename into place -> swap
+         -> post-swap check through live_path (swap back on failure) -> record.
+rollback: lock -> reconcile -> pick target -> O(1) structural check -> swap -> record.
+
+Every mutating step holds the store lock. Anything interrupted (even by SIGKILL)
+is put right by `reconcile`, which every locked operation runs first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import gates, health
+from .config import Config
+from .errors import (
+    GateFailed,
+    NothingToRollback,
+    ReleaserError,
+    StoreIOError,
+    UsageError,
+)
+from .state import Release, StateDB, utcnow
+from .store import (
+    SLOTS,
+    STAGING_PREFIX,
+    FileIdentity,
+    ProgressFn,
+    SourceChanged,
+    SourceUnreadable,
+    Staged,
+    Store,
+    release_id_of,
+    sha256_file,
+)
+
+TESTPOINT_ENV = "RELEASER_TEST_PAUSE_AT"
+
+
+def testpoint(name: str) -> None:
+    """Test-only: pause here when RELEASER_TEST_PAUSE_AT names this step.
+
+    The crash-safety tests use it to SIGKILL the process at each named step.
+    """
+    if os.environ.get(TESTPOINT_ENV) == name:
+        os.write(2, f"releaser-testpoint: {name}\n".encode())
+        time.sleep(3600)
+
+
+# -- context ---------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    config: Config
+    store: Store
+    state: StateDB
+
+    def close(self) -> None:
+        self.state.close()
+
+
+@contextmanager
+def open_store(config: Config, *, create: bool = False) -> Iterator[Context]:
+    store = Store(config.root, config.live_path)
+    if create:
+        try:
+            store.create()
+        except OSError as exc:
+            raise StoreIOError(f"{exc.filename}: cannot create the store: {exc.strerror}"
+                               ) from None
+    elif not store.exists():
+        raise UsageError(
+            f"{config.root}: no releaser store here; run `releaser init` first"
+            + (f" (config: {config.source})" if config.source else ""))
+    ctx = Context(config, store, StateDB(store.state_path))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+# -- results ---------------------------------------------------------------
+
+
+@dataclass
+class PublishResult:
+    outcome: str  # published | rejected | reverted | validated
+    source: str
+    release_id: int | None = None
+    slot: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    previous_release_id: int | None = None
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    report: gates.GateReport | None = None
+    post_swap: gates.GateReport | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "release_id": self.release_id,
+            "slot": self.slot,
+            "sha256": self.sha256,
+            "size": self.size,
+            "source": self.source,
+            "previous_release_id": self.previous_release_id,
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+            "checks": [r.as_dict() for r in self.report.results] if self.report else [],
+            "post_swap_checks": (
+                [r.as_dict() for r in self.post_swap.results] if self.post_swap else []),
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass
+class RollbackResult:
+    action: str
+    release_id: int
+    from_release_id: int | None
+    slot: str
+    sha256: str
+    reason: str | None
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": "ok",
+            "action": self.action,
+            "release_id": self.release_id,
+            "from_release_id": self.from_release_id,
+            "slot": self.slot,
+            "sha256": self.sha256,
+            "reason": self.reason,
+            "duration_ms": self.duration_ms,
+        }
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[name] = round((now - self._t) * 1000, 3)
+        self._t = now
+
+
+# -- init ------------------------------------------------------------------
+
+
+def init(config: Config, *, actor: str) -> dict[str, Any]:
+    """Create the store; adopt an existing regular file at live_path as release 1.
+
+    Adoption hard-links the file into a slot (same inode, so a running app is
+    undisturbed) and then replaces live_path by a symlink in one rename.
+    """
+    live = config.live_path
+    if live.is_symlink() or not live.exists():
+        pass
+    elif live.is_dir():
+        raise UsageError(f"{live}: live_path is a folder; it must be a file or not exist")
+    with open_store(config, create=True) as ctx, ctx.store.lock("init"):
+        reconcile(ctx, actor=actor)
+        store, state = ctx.store, ctx.state
+        if live.is_symlink():
+            rid = store.live_release_id()
+            if rid is None or state.release(rid) is None:
+                raise UsageError(
+                    f"{live}: is a symlink to {os.readlink(live)}, which releaser does not "
+                    "manage; move it away or point live_path elsewhere")
+            return {"outcome": "already-initialised", "release_id": rid,
+                    "root": str(config.root), "live_path": str(live)}
+        if not live.exists():
+            return {"outcome": "initialised", "release_id": None,
+                    "root": str(config.root), "live_path": str(live)}
+        return _adopt(ctx, actor)
+
+
+def _adopt(ctx: Context, actor: str) -> dict[str, Any]:
+    store, state, config = ctx.store, ctx.state, ctx.config
+    live = config.live_path
+    wal = Path(f"{live}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise UsageError(
+            f"{live}: has a pending write-ahead log ({wal}); stop its writer or run "
+            f"`sqlite3 {live} 'PRAGMA wal_checkpoint(TRUNCATE)'`, then run init again")
+    report = gates.run_gates(live, config)
+    slot = SLOTS[0]
+    if os.stat(live).st_dev == os.stat(store.slot_dir(slot)).st_dev:
+        # same filesystem: a hard link keeps the app's inode, no copy needed
+        staged_path = store.slot_dir(slot) / f"{STAGING_PREFIX}adopt-{os.getpid()}.db"
+        os.link(live, staged_path)
+        staged = Staged(path=staged_path, slot=slot, sha256=sha256_file(live),
+                        size=live.stat().st_size, method="hardlink")
+    else:
+        staged = store.stage(live, slot)
+    with state.transaction():
+        rid = state.add_release(
+            sha256=staged.sha256, size=staged.size, source=str(live), note="adopted by init",
+            status="good", report=report.as_dict())
+    final = store.place(staged, rid)
+    os.chmod(final, 0o444)
+    ident = FileIdentity.of(final)
+    store.swap(final)
+    with state.transaction():
+        state.set_file_identity(rid, ident.inode, ident.mtime_ns)
+        state.mark_published(rid)
+        state.add_event("init", actor=actor, outcome="ok", release_id=rid,
+                        reason=f"adopted existing {live}")
+    return {"outcome": "adopted", "release_id": rid, "root": str(config.root),
+            "live_path": str(live), "sha256": staged.sha256,
+            "warnings": [r.reason() for r in report.blocking()]}
+
+
+# -- reconcile -------------------------------------------------------------
+
+
+def reconcile(ctx: Context, *, actor: str) -> list[str]:
+    """Put right what an interrupted operation left. Caller holds the lock."""
+    store, state = ctx.store, ctx.state
+    notes = [f"removed leftover {p}" for p in store.cleanup_leftovers()]
+    live_id = store.live_release_id()
+    for rel in state.releases(statuses=("good",)):
+        if rel.published_at is not None:
+            continue
+        if rel.id == live_id:
+            # swapped but not recorded: the symlink is the truth, write the record
+            with state.transaction():
+                state.mark_published(rel.id)
+                state.add_event("publish", actor=actor, outcome="recovered", release_id=rel.id,
+                                reason="publish was interrupted after the swap; recorded now")
+            notes.append(f"recorded interrupted publish of release {rel.id}")
+        else:
+            with state.transaction():
+                state.set_status(rel.id, "aborted", "publish interrupted before the swap")
+                state.add_event("publish", actor=actor, outcome="interrupted", release_id=rel.id,
+                                reason="publish was interrupted before the swap; live unchanged")
+            for slot in SLOTS:
+                path = store.slot_files(slot).get(rel.id)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            store.archive_file(rel.id).unlink(missing_ok=True)
+            notes.append(f"aborted interrupted publish of release {rel.id}")
+    for slot in SLOTS:
+        files = store.slot_files(slot)
+        if len(files) > 1:
+            keep = live_id if live_id in files else max(files)
+            store.clear_slot(slot, keep)
+    return notes
+
+
+# -- publish ---------------------------------------------------------------
+
+
+def preflight_source(store: Store, source: Path) -> Path:
+    """Path-level checks on the candidate (exit 2): the gates check the content."""
+    if source.is_symlink() and not source.exists():
+        raise UsageError(f"{source}: is a dangling symlink (points to {os.readlink(source)})")
+    if not source.exists():
+        raise UsageError(f"{source}: no such file; pass the path of the built database")
+    if source.is_dir():
+        raise UsageError(f"{source}: is a folder; pass the database file inside it")
+    if source.absolute() == store.live_path.absolute() or (
+            store.live_path.exists() and source.resolve() == store.live_path.resolve()):
+        raise UsageError(f"{source}: is the live release itself; publish a new build instead")
+    if store.is_inside(source):
+        raise UsageError(
+            f"{source}: is inside the releaser store ({store.root}); publish a build from "
+            "outside it, or use `releaser rollback --to ID` for an earlier release")
+    if not os.access(source, os.R_OK):
+        raise UsageError(f"{source}: permission denied; make it readable by this user")
+    if not source.is_file():
+        raise UsageError(f"{source}: is not a regular file")
+    return source
+
+
+def _hot_journal(source: Path) -> str | None:
+    journal = Path(f"{source}-journal")
+    try:
+        size = journal.stat().st_size
+    except OSError:
+        return None
+    if size > 0:
+        return (f"{source}: has a hot rollback journal ({journal}, {size} bytes): a writer is "
+                "mid-transaction or crashed; let it finish, or open the file once with sqlite3 "
+                "to recover it, then publish again")
+    return None
+
+
+def _ensure_live_is_ours(store: Store) -> None:
+    live = store.live_path
+    if live.is_symlink():
+        if store.slot_of(store.live_target()) is None:
+            raise UsageError(f"{live}: points outside the store ({os.readlink(live)}); "
+                             "run `releaser init` after moving it away")
+    elif live.exists():
+        raise UsageError(f"{live}: is a regular file, not a releaser symlink; run "
+                         "`releaser init` to adopt it as the first release")
+
+
+def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: str,
+            staged: Staged | None, report: gates.GateReport | None, outcome: str = "rejected",
+            note: str | None = None) -> None:
+    """Record a rejected candidate: a release row (status rejected) and one reject event."""
+    result.outcome = "rejected"
+    result.reasons = reasons
+    with ctx.state.transaction():
+        rid = ctx.state.add_release(
+            sha256=staged.sha256 if staged else "", size=staged.size if staged else 0,
+            source=result.source, note=note, status="rejected", status_reason=reasons[0],
+            report=report.as_dict() if report else None)
+        ctx.state.add_event("reject", actor=actor, outcome=outcome, release_id=rid,
+                            reason="; ".join(reasons)[:2000])
+    result.release_id = rid
+
+
+def publish(
+    config: Config,
+    source: Path,
+    *,
+    actor: str,
+    note: str | None = None,
+    dry_run: bool = False,
+    strict: bool = False,
+    wait_s: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> PublishResult:
+    with open_store(config) as ctx:
+        source = preflight_source(ctx.store, source)
+        result = PublishResult(outcome="rejected", source=str(source.absolute()))
+        with ctx.store.lock(f"publish {source}", wait_s):
+            testpoint("locked")
+            reconcile(ctx, actor=actor)
+            _ensure_live_is_ours(ctx.store)
+            _publish_locked(ctx, source, result, actor=actor, note=note, dry_run=dry_run,
+                            strict=strict, progress=progress)
+        return result
+
+
+def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor: str,
+                    note: str | None, dry_run: bool, strict: bool,
+                    progress: ProgressFn | None) -> None:
+    store, state, config = ctx.store, ctx.state, ctx.config
+    timer = _Timer()
+    result.timings_ms = timer.marks
+    live_id = store.live_release_id()
+    live_rel = state.release(live_id) if live_id is not None else None
+    result.previous_release_id = live_id
+    slot = store.idle_slot()
+    result.slot = slot
+
+    hot = _hot_journal(source)
+    if hot:
+        _reject(ctx, result, [hot], actor=actor, staged=None, report=None, note=note)
+        raise GateFailed(hot, report=result)
+    try:
+        staged = store.stage(source, slot, progress)
+    except (SourceChanged, SourceUnreadable) as exc:
+        _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None, note=note)
+        raise GateFailed(exc.message, report=result) from None
+    except StoreIOError as exc:
+        _record_error(ctx, result, exc, actor=actor)
+        raise
+    timer.mark("stage")
+    testpoint("staged")
+    result.sha256, result.size = staged.sha256, staged.size
+    try:
+        if live_rel is not None and staged.sha256 == live_rel.sha256:
+            reason = (f"{source}: is identical to the live release {live_rel.id} "
+                      f"(sha256 {staged.sha256[:12]}…); nothing to publish")
+            _reject(ctx, result, [reason], actor=actor, staged=staged, report=None, note=note)
+            raise GateFailed(reason, report=result)
+        baseline = live_rel.check_values() if live_rel else None
+        report = gates.run_gates(staged.path, config, baseline)
+        result.report = report
+        result.warnings = [r.reason() for r in report.warnings()]
+        timer.mark("gates")
+        testpoint("gated")
+        if not report.passed(strict):
+            reasons = [r.reason() for r in report.blocking(strict)]
+            _reject(ctx, result, reasons, actor=actor, staged=staged, report=report, note=note)
+            raise GateFailed(f"{source}: rejected: {reasons[0]}"
+                             + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""),
+                             report=result)
+        if dry_run:
+            result.outcome = "validated"
+            return
+        with state.transaction():
+            rid = state.add_release(
+                sha256=staged.sha256, size=staged.size, source=result.source, note=note,
+                status="good", report=report.as_dict())
+        result.release_id = rid
+        final = store.place(staged, rid)
+        ident = FileIdentity.of(final)
+        state.set_file_identity(rid, ident.inode, ident.mtime_ns)
+        store.clear_slot(slot, keep=rid)
+        timer.mark("place")
+        testpoint("placed")
+    finally:
+        store.discard(staged)  # no-op once renamed into place
+
+    previous_target = store.live_target()
+    store.swap(final)
+    timer.mark("swap")
+    testpoint("swapped")
+    post = _post_swap_check(ctx, final)
+    result.post_swap = post
+    timer.mark("post_swap")
+    if not post.passed():
+        reasons = [r.reason() for r in post.blocking()]
+        _swap_back(store, previous_target)
+        with state.transaction():
+            state.set_status(rid, "bad", "; ".join(reasons)[:2000])
+            state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
+                            from_release_id=live_id,
+                            reason="post-swap check failed: " + "; ".join(reasons)[:2000])
+        result.outcome = "reverted"
+        result.reasons = reasons
+        raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
+                         f"{reasons[0]}", report=result)
+    with state.transaction():
+        state.mark_published(rid)
+        state.add_event("publish", actor=actor, outcome="published", release_id=rid,
+                        from_release_id=live_id, reason=note)
+    testpoint("recorded")
+    result.outcome = "published"
+    prune_archive(ctx)
+    timer.mark("record")
+
+
+def _post_swap_check(ctx: Context, expected: Path) -> gates.GateReport:
+    """Open the release through live_path, as the app does, and check it is the new one."""
+    live = ctx.config.live_path
+    report = gates.GateReport(path=str(live))
+    if Path(os.path.realpath(live)) != Path(os.path.realpath(expected)):
+        report.results.append(gates.GateResult(
+            "live_target", "file", gates.FAIL, observed=os.path.realpath(live),
+            threshold=str(expected), detail=f"{live} does not resolve to {expected}"))
+        return report
+    return gates.quick_structural_check(live, ctx.config)
+
+
+def _swap_back(store: Store, previous_target: Path | None) -> None:
+    if previous_target is not None:
+        store.swap(previous_target)
+    else:
+        # first release ever: there was no live_path before, so there is none after
+        store.live_path.unlink(missing_ok=True)
+
+
+def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,
+                  actor: str) -> None:
+    """Best effort: an I/O failure (disk full...) still leaves a reject event."""
+    try:
+        _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None,
+                outcome="error")
+    except Exception:  # noqa: BLE001 - state.db may be on the same full disk
+        pass
+
+
+def prune_archive(ctx: Context) -> list[int]:
+    """Keep the newest keep_releases good releases plus live and idle; bad ones use no place."""
+    store, state = ctx.store, ctx.state
+    keep = {rid for s in SLOTS for rid in store.slot_files(s)}
+    good = [r.id for r in state.releases(statuses=("good",)) if r.published_at]
+    keep.update(good[: ctx.config.keep_releases])
+    return store.prune_archive(keep)
+
+
+# -- rollback --------------------------------------------------------------
+
+
+def previous_release(ctx: Context, live_id: int | None) -> Release | None:
+    """The release live before the current one: newest first, skipping bad ones,
+    ones no longer on disk, and ones that were themselves rolled back from."""
+    rolled_back: set[int] = set()
+    seen: set[int] = set()
+    for event in ctx.state.live_transitions():
+        if event.action in ("rollback", "auto-revert") and event.from_release_id is not None:
+            rolled_back.add(event.from_release_id)
+        rid = event.release_id
+        if rid is None or rid == live_id or rid in seen or rid in rolled_back:
+            continue
+        seen.add(rid)
+        rel = ctx.state.release(rid)
+        if rel is not None and rel.status == "good" and _file_of(ctx.store, rid) is not None:
+            return rel
+    return None
+
+
+def _file_of(store: Store, release_id: int) -> Path | None:
+    for slot in SLOTS:
+        path = store.slot_files(slot).get(release_id)
+        if path is not None:
+            return path
+    archived = store.archive_file(release_id)
+    return archived if archived.exists() else None
+
+
+def rollback(
+    config: Config,
+    *,
+    actor: str,
+    to: int | None = None,
+    reason: str | None = None,
+    wait_s: float = 0.0,
+) -> RollbackResult:
+    with open_store(config) as ctx, ctx.store.lock("rollback", wait_s):
+        testpoint("locked")
+        reconcile(ctx, actor=actor)
+        _ensure_live_is_ours(ctx.store)
+        return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
+
+
+def revert_live(config: Config, *, actor: str, reasons: list[str],
+                wait_s: float = 0.0) -> RollbackResult | None:
+    """Auto-revert (the monitor): mark the live release bad, go back to the previous good one.
+
+    Returns None, leaving the live release in place, when no good release passes its
+    check; never reverts twice away from the same bad release.
+    """
+    with open_store(config) as ctx, ctx.store.lock("auto-revert", wait_s):
+        reconcile(ctx, actor=actor)
+        live_id = ctx.store.live_release_id()
+        if live_id is None:
+            return None
+        rel = ctx.state.release(live_id)
+        reason = "; ".join(reasons)[:2000]
+        if rel is not None and rel.status == "good":
+            with ctx.state.transaction():
+                ctx.state.set_status(live_id, "bad", reason)
+        try:
+            return _rollback_locked(ctx, actor=actor, to=None, reason=reason,
+                                    action="auto-revert")
+        except (NothingToRollback, GateFailed) as exc:
+            with ctx.state.transaction():
+                ctx.state.add_event("auto-revert", actor=actor, outcome="no-target",
+                                    release_id=None, from_release_id=live_id,
+                                    reason=f"{reason}; kept live: {exc.message}"[:2000])
+            return None
+
+
+def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | None,
+                     action: str) -> RollbackResult:
+    t0 = time.perf_counter()
+    store, state = ctx.store, ctx.state
+    live_id = store.live_release_id()
+    if to is None:
+        target = previous_release(ctx, live_id)
+        if target is None:
+            raise NothingToRollback(
+                f"{ctx.config.root}: no earlier good release to roll back to"
+                + (f" (live is release {live_id})" if live_id else " (nothing is live)"))
+    else:
+        target = state.release(to)
+        if target is None:
+            raise UsageError(f"{state.path}: no release {to}; see `releaser history`")
+        if target.status != "good":
+            raise UsageError(f"release {to} is {target.status}"
+                             + (f" ({target.status_reason})" if target.status_reason else "")
+                             + "; choose a good release")
+        if target.id == live_id:
+            raise UsageError(f"release {to} is already live")
+        if target.published_at is None:
+            raise UsageError(f"release {to} was never published")
+    source = _file_of(store, target.id)
+    if source is None:
+        raise NothingToRollback(
+            f"release {target.id} is no longer archived (keep_releases = "
+            f"{ctx.config.keep_releases}); publish its build again instead")
+    problem = _target_problem(ctx, target, source)
+    if problem:
+        with state.transaction():
+            state.add_event(action, actor=actor, outcome="refused", release_id=target.id,
+                            from_release_id=live_id, reason=problem[:2000])
+        raise GateFailed(f"{source}: release {target.id} fails its check, not rolling back: "
+                         f"{problem}")
+    slot = store.slot_of(source)
+    if slot is None:
+        slot = store.idle_slot()
+        source = store.restore_from_archive(target.id, slot)
+        store.clear_slot(slot, keep=target.id)
+    testpoint("rollback_ready")
+    store.swap(source)
+    testpoint("rollback_swapped")
+    with state.transaction():
+        state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
+                        from_release_id=live_id, reason=reason)
+    return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
+                          slot=slot, sha256=target.sha256, reason=reason,
+                          duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+def _target_problem(ctx: Context, target: Release, path: Path) -> str | None:
+    """O(1) structural check: same file as recorded, whole header, schema, probes once."""
+    ident = FileIdentity.of(path)
+    if ident.size != target.size:
+        return f"size {ident.size} differs from the recorded {target.size}"
+    if target.inode is not None and (ident.inode, ident.mtime_ns) != (target.inode,
+                                                                        target.mtime_ns):
+        return "the file was replaced or modified since it was released"
+    report = gates.quick_structural_check(path, ctx.config)
+    if not report.passed():
+        return "; ".join(r.reason() for r in report.blocking())
+    return None
+
+
+# -- validate, status, history, check ---------------------------------------
+
+
+def validate(config: Config, source: Path) -> gates.GateReport:
+    """Run the gates on a file without publishing (read-only; no lock needed)."""
+    if source.is_symlink() and not source.exists():
+        raise UsageError(f"{source}: is a dangling symlink (points to {os.readlink(source)})")
+    if not source.exists():
+        raise UsageError(f"{source}: no such file")
+    if source.is_dir():
+        raise UsageError(f"{source}: is a folder; pass the database file inside it")
+    if not os.access(source, os.R_OK):
+        raise UsageError(f"{source}: permission denied; make it readable by this user")
+    hot = _hot_journal(source)
+    if hot:
+        raise GateFailed(hot)
+    baseline = None
+    store = Store(config.root, config.live_path)
+    if store.exists():
+        with open_store(config) as ctx:
+            live_id = store.live_release_id()
+            live_rel = ctx.state.release(live_id) if live_id else None
+            baseline = live_rel.check_values() if live_rel else None
+    return gates.run_gates(source, config, baseline)
+
+
+def _release_view(ctx: Context, rid: int | None, slot: str | None) -> dict[str, Any]:
+    rel = ctx.state.release(rid) if rid is not None else None
+    return {
+        "slot": slot,
+        "release_id": rid,
+        "sha256": rel.sha256 if rel else None,
+        "status": rel.status if rel else None,
+        "published_at": rel.published_at if rel else None,
+        "note": rel.note if rel else None,
+    }
+
+
+def status(config: Config) -> dict[str, Any]:
+    with open_store(config) as ctx:
+        store = ctx.store
+        live_id = store.live_release_id()
+        live_slot = store.live_slot()
+        live = _release_view(ctx, live_id, live_slot)
+        live["path"] = str(store.live_target()) if store.live_target() else None
+        idle_slot = store.idle_slot()
+        idle_files = store.slot_files(idle_slot)
+        idle_id = max(idle_files) if idle_files else None
+        idle = _release_view(ctx, idle_id, idle_slot)
+        idle["path"] = str(idle_files[idle_id]) if idle_id is not None else None
+        problems = []
+        if store.live_path.exists() and not store.live_path.is_symlink():
+            problems.append(f"{store.live_path} is a regular file: run `releaser init`")
+        elif store.live_path.is_symlink() and live_id is None:
+            problems.append(f"{store.live_path} points outside the store")
+        elif store.live_path.is_symlink() and not store.live_path.exists():
+            problems.append(f"{store.live_path} is a dangling symlink")
+        previous = previous_release(ctx, live_id)
+        return {
+            "live_path": str(config.live_path),
+            "root": str(config.root),
+            "config": str(config.source) if config.source else None,
+            "live": live,
+            "idle": idle,
+            "rollback_target": previous.id if previous else None,
+            "last_check": ctx.state.last_health_check(),
+            "lock": store.lock_holder(),
+            "archived": sorted(store.archived_ids()),
+            "problems": problems,
+        }
+
+
+def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    with open_store(config) as ctx:
+        return [e.as_dict() for e in ctx.state.events(limit)]
+
+
+def check(config: Config, *, actor: str, full_hash: bool = False,
+          integrity: bool = True) -> health.HealthReport:
+    with open_store(config) as ctx:
+        report = health.check_live(config, ctx.store, ctx.state, full_hash=full_hash,
+                                   integrity=integrity)
+        ctx.state.add_health_check(release_id=report.release_id, ok=report.ok,
+                                   duration_ms=report.duration_ms, actor=actor,
+                                   reasons=report.reasons)
+        return report
+
+
+def parse_release_id(text: str) -> int:
+    """Accept `7`, `r7` or a release file name."""
+    t = text.strip()
+    rid = release_id_of(t)
+    if rid is not None:
+        return rid
+    if t[:1] in ("r", "R"):
+        t = t[1:]
+    if not t.isdigit():
+        raise UsageError(f"{text!r} is not a release id; see `releaser history`")
+    return int(t)
+
+
+__all__ = [
+    "Context", "PublishResult", "RollbackResult", "check", "history", "init", "open_store",
+    "parse_release_id", "previous_release", "publish", "reconcile", "revert_live", "rollback",
+    "status", "utcnow", "validate",
+]
