@@ -61,6 +61,11 @@ class ReleaserGroup(click.Group):
             raise _click_error(exc.message, exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
+        except OSError as exc:
+            if _debug(ctx):
+                raise
+            where = exc.filename or "releaser"
+            raise _click_error(f"{where}: {exc.strerror or exc}", EXIT_IO) from None
         except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 5
             if _debug(ctx):
                 raise

@@ -248,11 +248,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
                 state.set_status(rel.id, "aborted", "publish interrupted before the swap")
                 state.add_event("publish", actor=actor, outcome="interrupted", release_id=rel.id,
                                 reason="publish was interrupted before the swap; live unchanged")
-            for slot in SLOTS:
-                path = store.slot_files(slot).get(rel.id)
-                if path is not None:
-                    path.unlink(missing_ok=True)
-            store.archive_file(rel.id).unlink(missing_ok=True)
+            store.remove_release_files(rel.id)
             notes.append(f"aborted interrupted publish of release {rel.id}")
     for slot in SLOTS:
         files = store.slot_files(slot)
@@ -403,10 +399,14 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
                 sha256=staged.sha256, size=staged.size, source=result.source, note=note,
                 status="good", report=report.as_dict())
         result.release_id = rid
-        final = store.place(staged, rid)
-        ident = FileIdentity.of(final)
-        state.set_file_identity(rid, ident.inode, ident.mtime_ns)
-        store.clear_slot(slot, keep=rid)
+        try:
+            final = store.place(staged, rid)
+            ident = FileIdentity.of(final)
+            state.set_file_identity(rid, ident.inode, ident.mtime_ns)
+            store.clear_slot(slot, keep=rid)
+        except (OSError, StoreIOError) as exc:
+            _abort_placed(ctx, rid, actor=actor, error=exc)
+            raise
         timer.mark("place")
         testpoint("placed")
     finally:
@@ -459,6 +459,16 @@ def _swap_back(store: Store, previous_target: Path | None) -> None:
     else:
         # first release ever: there was no live_path before, so there is none after
         store.live_path.unlink(missing_ok=True)
+
+
+def _abort_placed(ctx: Context, rid: int, *, actor: str, error: Exception) -> None:
+    """Undo a release that failed between its record and the swap: live never saw it."""
+    ctx.store.remove_release_files(rid)
+    message = getattr(error, "message", None) or str(error)
+    with ctx.state.transaction():
+        ctx.state.set_status(rid, "aborted", message[:2000])
+        ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
+                            reason=message[:2000])
 
 
 def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,

@@ -124,7 +124,7 @@ class Store:
         out: dict[int, Path] = {}
         try:
             entries = list(os.scandir(self.slot_dir(slot)))
-        except FileNotFoundError:
+        except OSError:
             return out
         for entry in entries:
             rid = release_id_of(entry.name)
@@ -138,7 +138,7 @@ class Store:
     def archived_ids(self) -> set[int]:
         try:
             names = os.listdir(self.archive_dir)
-        except FileNotFoundError:
+        except OSError:  # missing or broken archive: status must still answer
             return set()
         return {rid for n in names if (rid := release_id_of(n)) is not None}
 
@@ -271,19 +271,19 @@ class Store:
             sha = sha256_file(tmp, progress)
             size = tmp.stat().st_size
         except sqlite3.Error as exc:
-            _remove_quietly(tmp, Path(f"{tmp}-journal"))
+            remove_quietly(tmp, Path(f"{tmp}-journal"))
             raise SourceUnreadable(
                 f"{source}: has a pending write-ahead log that could not be read through "
                 f"SQLite ({exc}); run `sqlite3 {source} 'PRAGMA wal_checkpoint(TRUNCATE)'` "
                 "and publish again"
             ) from None
         except OSError as exc:
-            _remove_quietly(tmp, Path(f"{tmp}-journal"))
+            remove_quietly(tmp, Path(f"{tmp}-journal"))
             raise _io_error(tmp, exc) from None
         return Staged(path=tmp, slot=slot, sha256=sha, size=size, method="sqlite-backup")
 
     def discard(self, staged: Staged) -> None:
-        _remove_quietly(staged.path)
+        remove_quietly(staged.path)
 
     def place(self, staged: Staged, release_id: int) -> Path:
         """Rename a staged file into its slot as release-<id>.db and archive it (hard link)."""
@@ -307,7 +307,7 @@ class Store:
             os.replace(tmp, dest)
             fsync_dir(self.archive_dir)
         except OSError as exc:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise _io_error(dest, exc) from None
 
     def restore_from_archive(self, release_id: int, slot: str) -> Path:
@@ -322,7 +322,7 @@ class Store:
             os.replace(tmp, final)
             fsync_dir(final.parent)
         except OSError as exc:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise _io_error(final, exc) from None
         return final
 
@@ -331,15 +331,20 @@ class Store:
         removed = False
         for rid, path in self.slot_files(slot).items():
             if rid != keep:
-                _remove_quietly(path)
+                remove_quietly(path)
                 removed = True
         if removed:
             fsync_dir(self.slot_dir(slot))
 
+    def remove_release_files(self, release_id: int) -> None:
+        """Remove a release that never went live from its slot and the archive."""
+        paths = [p for s in SLOTS if (p := self.slot_files(s).get(release_id)) is not None]
+        remove_quietly(*paths, self.archive_file(release_id))
+
     def prune_archive(self, keep: set[int]) -> list[int]:
         removed = []
         for rid in sorted(self.archived_ids() - keep):
-            _remove_quietly(self.archive_file(rid))
+            remove_quietly(self.archive_file(rid))
             removed.append(rid)
         if removed:
             fsync_dir(self.archive_dir)
@@ -351,7 +356,7 @@ class Store:
         for d in (*(self.slot_dir(s) for s in SLOTS), self.archive_dir):
             try:
                 entries = list(os.scandir(d))
-            except FileNotFoundError:
+            except OSError:
                 continue
             for entry in entries:
                 if entry.name.startswith(STAGING_PREFIX):
@@ -361,10 +366,10 @@ class Store:
             for entry in os.scandir(self.live_path.parent):
                 if entry.name.startswith(prefix):
                     found.append(Path(entry.path))
-        except FileNotFoundError:
+        except OSError:
             pass
         for path in found:
-            _remove_quietly(path)
+            remove_quietly(path)
         return found
 
     # -- lock -------------------------------------------------------------
@@ -502,7 +507,7 @@ def _io_error(path: Path, exc: OSError) -> StoreIOError:
     return StoreIOError(f"{path}: {exc.strerror or exc}")
 
 
-def _remove_quietly(*paths: Path) -> None:
+def remove_quietly(*paths: Path) -> None:
     for p in paths:
         with suppress(OSError):
             os.unlink(p)

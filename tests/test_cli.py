@@ -1,0 +1,413 @@
+"""The publish / validate / rollback / status / history / check surface and its exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from releaser.release import parse_release_id
+from releaser.store import Store
+
+from .conftest import RELEASER_BIN, Env
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rows_in(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM tags_final").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# -- init ----------------------------------------------------------------------
+
+
+def test_init_creates_store_and_is_idempotent(env: Env) -> None:
+    first = env.cli_json("init")
+    assert first["outcome"] == "initialised" and first["release_id"] is None
+    for slot in ("blue", "green"):
+        assert (env.root / "slots" / slot).is_dir()
+    assert (env.root / "state.db").is_file()
+    again = env.cli_json("init")
+    assert again["outcome"] == "initialised"
+    assert env.history() == []
+
+
+def test_init_adopts_existing_live_file_keeping_its_inode(env: Env) -> None:
+    db = env.make_db("legacy.db", seed=7)
+    env.live.parent.mkdir(parents=True)
+    os.replace(db, env.live)
+    inode = env.live.stat().st_ino
+    digest = sha256(env.live)
+    # an app holding the old file open keeps reading it across the adoption
+    reader = sqlite3.connect(f"file:{env.live}?mode=ro", uri=True)
+    out = env.cli_json("init")
+    assert out["outcome"] == "adopted" and out["release_id"] == 1
+    assert env.live.is_symlink()
+    assert env.live.stat().st_ino == inode  # same file, now behind the symlink
+    assert reader.execute("SELECT COUNT(*) FROM tags_final").fetchone()[0] == 3000
+    reader.close()
+    status = env.status()
+    assert status["live"]["release_id"] == 1 and status["live"]["sha256"] == digest
+    assert [e["action"] for e in env.history()] == ["init"]
+    # idempotent: a second init changes nothing
+    assert env.cli_json("init")["outcome"] == "already-initialised"
+    assert len(env.history()) == 1
+    # the adopted release is the baseline for the next publish's change checks
+    env.cli("publish", str(env.make_db("next.db", seed=8)))
+    assert env.status()["idle"]["release_id"] == 1
+
+
+def test_init_refuses_folder_at_live_path(env: Env) -> None:
+    env.live.mkdir(parents=True)
+    result = env.cli("init", expect=2)
+    assert "live_path is a folder" in result.stderr
+
+
+def test_publish_before_init_says_run_init(env: Env) -> None:
+    result = env.cli("publish", str(env.make_db()), expect=2)
+    assert "run `releaser init` first" in result.stderr
+
+
+# -- publish -------------------------------------------------------------------
+
+
+def test_publish_makes_release_live_and_keeps_previous_ready(store: Env) -> None:
+    one = store.make_db("one.db", seed=1)
+    res1 = store.cli_json("publish", str(one), "--note", "first")
+    assert res1["outcome"] == "published" and res1["release_id"] == 1
+    assert res1["slot"] == "blue" and res1["previous_release_id"] is None
+    names = [c["name"] for c in res1["checks"]]
+    assert names[:4] == ["sqlite_file", "quick_check", "foreign_key_check", "required_schema"]
+    assert {"rows", "avg_confidence", "high_freq", "lookup_by_name"} <= set(names)
+    assert all(c["outcome"] == "pass" for c in res1["checks"])
+    for c in res1["checks"]:
+        assert set(c) >= {"name", "outcome", "observed", "threshold", "duration_ms"}
+
+    two = store.make_db("two.db", seed=2, rows=3100)
+    res2 = store.cli_json("publish", str(two))
+    assert res2["outcome"] == "published" and res2["slot"] == "green"
+    assert res2["previous_release_id"] == 1
+
+    # the live symlink points at the green slot's file; its content is the new build
+    target = Path(os.readlink(store.live))
+    assert target.parent == store.root / "slots" / "green"
+    assert rows_in(store.live) == 3100
+    assert res2["sha256"] == sha256(target)
+    # published files are read-only, rollback-journal mode
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444
+    assert target.read_bytes()[18:20] == b"\x01\x01"
+
+    status = store.status()
+    assert status["live"] == {
+        "slot": "green", "release_id": 2, "sha256": res2["sha256"], "status": "good",
+        "published_at": status["live"]["published_at"], "note": None, "path": str(target)}
+    assert status["idle"]["release_id"] == 1 and status["idle"]["slot"] == "blue"
+    assert status["idle"]["sha256"] == res1["sha256"]
+    assert status["rollback_target"] == 1
+
+
+def test_publish_human_output(store: Env) -> None:
+    out = store.cli("publish", str(store.make_db()), "--note", "n").stdout
+    assert "published release 1 to slot blue" in out
+    assert "quick_check" in out and "high_freq" in out
+
+
+def test_dry_run_validates_and_changes_nothing(published: Env) -> None:
+    before = published.snapshot()
+    events = len(published.history())
+    res = published.cli_json("publish", str(published.make_db("three.db", seed=3)),
+                             "--dry-run")
+    assert res["outcome"] == "validated" and res["release_id"] is None
+    assert published.snapshot() == before
+    assert len(published.history()) == events
+    assert not [p for p in (published.root / "slots").rglob(".staging-*")]
+
+
+def test_gate_failure_rejects_with_exit_1_and_one_event(published: Env) -> None:
+    before = published.snapshot()
+    bad = published.make_db("low.db", seed=3,
+                            sql="UPDATE tags_final SET classification_confidence = 0.2 "
+                                "WHERE classification_confidence IS NOT NULL;")
+    result = published.cli("publish", str(bad), expect=1)
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "avg_confidence" in err[0]
+    assert published.snapshot() == before
+    latest = published.history()[0]
+    assert latest["action"] == "reject" and latest["outcome"] == "rejected"
+    assert "avg_confidence" in latest["reason"]
+    # json carries the report too
+    res = published.cli_json("publish", str(bad), expect=1)
+    assert res["outcome"] == "rejected"
+    failing = [c for c in res["checks"] if c["outcome"] == "fail"]
+    assert [c["name"] for c in failing] == ["avg_confidence"]
+    assert failing[0]["observed"] == pytest.approx(0.2)
+
+
+def test_row_drop_against_live_fails_change_gate(published: Env) -> None:
+    smaller = published.make_db("small.db", seed=3, rows=2000)  # live has 3000: -33 %
+    result = published.cli("publish", str(smaller), expect=1)
+    assert "rows" in result.stderr and "dropped" in result.stderr
+
+
+def test_warning_blocks_only_with_strict(published: Env) -> None:
+    # avg confidence between fail.min (0.7) and warn.min (0.8), within max_delta of live
+    meh = published.make_db("meh.db", seed=3, sql=(
+        "UPDATE tags_final SET classification_confidence = 0.79 "
+        "WHERE classification_confidence IS NOT NULL;"))
+    published.write_config(extra="")
+    text = published.config.read_text().replace("change = { max_delta = 0.05 }",
+                                                 "change = { max_delta = 0.5 }")
+    published.config.write_text(text)
+    before = published.snapshot()
+    strict = published.cli_json("publish", str(meh), "--strict", expect=1)
+    assert strict["outcome"] == "rejected"
+    assert published.snapshot() == before
+    res = published.cli_json("publish", str(meh))
+    assert res["outcome"] == "published"
+    assert any("avg_confidence" in w for w in res["warnings"])
+
+
+def test_identical_candidate_is_rejected(published: Env) -> None:
+    live_file = Path(os.readlink(published.live))
+    copy = published.tmp / "same.db"
+    copy.write_bytes(live_file.read_bytes())
+    result = published.cli("publish", str(copy), expect=1)
+    assert "identical to the live release 2" in result.stderr
+
+
+def test_publish_json_through_installed_binary(store: Env) -> None:
+    proc = store.run("publish", str(store.make_db()), "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["outcome"] == "published" and doc["release_id"] == 1
+    assert proc.stderr == ""
+
+
+# -- rollback ------------------------------------------------------------------
+
+
+def test_rollback_swaps_to_previous_and_records_event(published: Env) -> None:
+    live_before = published.status()["live"]
+    res = published.cli_json("rollback", "--reason", "bad categories")
+    assert res["release_id"] == 1 and res["from_release_id"] == 2
+    st = published.status()
+    assert st["live"]["release_id"] == 1 and st["idle"]["release_id"] == 2
+    assert st["idle"]["sha256"] == live_before["sha256"]
+    ev = published.history()[0]
+    assert (ev["action"], ev["outcome"], ev["release_id"], ev["reason"]) == (
+        "rollback", "ok", 1, "bad categories")
+    # the rolled-back-from release is not a rollback target again
+    assert st["rollback_target"] is None
+    assert published.cli("rollback", expect=4).stderr.count("\n") == 1
+    # ... but can be chosen explicitly
+    assert published.cli_json("rollback", "--to", "r2")["release_id"] == 2
+
+
+def test_rollback_walks_back_past_rolled_back_releases(store: Env) -> None:
+    for seed in (1, 2, 3):
+        store.cli("publish", str(store.make_db(f"b{seed}.db", seed=seed)))
+    assert store.cli_json("rollback")["release_id"] == 2
+    assert store.cli_json("rollback")["release_id"] == 1  # from archive, not a slot
+    st = store.status()
+    assert st["live"]["release_id"] == 1 and st["idle"]["release_id"] == 2
+    assert store.cli("rollback", expect=4)
+
+
+def test_rollback_with_nothing_is_exit_4(store: Env) -> None:
+    result = store.cli("rollback", expect=4)
+    assert "no earlier good release" in result.stderr
+    store.cli("publish", str(store.make_db()))
+    store.cli("rollback", expect=4)
+
+
+def test_rollback_to_unknown_or_bad_release_is_exit_2(published: Env) -> None:
+    assert "no release 99" in published.cli("rollback", "--to", "99", expect=2).stderr
+    assert "not a release id" in published.cli("rollback", "--to", "abc", expect=2).stderr
+    assert "already live" in published.cli("rollback", "--to", "2", expect=2).stderr
+    bad = published.make_db("bad.db", sql="DELETE FROM tags_final;")
+    published.cli("publish", str(bad), expect=1)
+    rejected_id = published.history()[0]["release_id"]
+    out = published.cli("rollback", "--to", str(rejected_id), expect=2).stderr
+    assert f"release {rejected_id} is rejected" in out
+
+
+def test_rollback_refuses_a_damaged_target(published: Env) -> None:
+    idle = published.root / "slots" / "blue" / "release-1.db"
+    before = published.snapshot()
+    os.chmod(idle, 0o644)
+    with open(idle, "r+b") as fh:  # damage the idle release in place
+        fh.seek(0)
+        fh.write(b"garbage garbage!")
+    result = published.cli("rollback", expect=1)
+    assert "release 1 fails its check" in result.stderr
+    after = published.snapshot()
+    assert after["live_target"] == before["live_target"]
+    assert after["live_sha"] == before["live_sha"]
+    ev = published.history()[0]
+    assert (ev["action"], ev["outcome"]) == ("rollback", "refused")
+
+
+def test_rollback_is_a_swap_not_a_copy(published: Env) -> None:
+    """O(1): rollback points the symlink at the idle slot's existing file (same inode),
+    so its cost does not depend on the size; `make bench` measures the time."""
+    idle = published.root / "slots" / "blue" / "release-1.db"
+    inode = idle.stat().st_ino
+    published.cli("rollback")
+    assert Path(os.readlink(published.live)) == idle
+    assert idle.stat().st_ino == inode
+    assert published.live.stat().st_ino == inode
+
+
+# -- status, history, check, validate -----------------------------------------
+
+
+def test_history_json_shape_and_limit(published: Env) -> None:
+    published.cli("rollback", "--reason", "why not")
+    events = published.cli_json("history", "--limit", "2")
+    assert len(events) == 2
+    for e in events:
+        assert set(e) >= {"at", "action", "release_id", "actor", "reason", "outcome"}
+    assert [e["action"] for e in events] == ["rollback", "publish"]
+    human = published.cli("history").stdout
+    assert "rollback" in human and "why not" in human
+
+
+def test_status_human_and_check(published: Env) -> None:
+    out = published.cli("status").stdout
+    assert "live:      release 2 in green" in out and "idle:      release 1 in blue" in out
+    assert "last check: never" in out
+    check = published.cli_json("check")
+    assert check["ok"] is True and check["release_id"] == 2
+    last = published.status()["last_check"]
+    assert last["ok"] is True and last["release_id"] == 2
+
+
+def test_check_fails_on_replaced_live_file(published: Env) -> None:
+    target = Path(os.readlink(published.live))
+    other = published.make_db("other.db", seed=9)
+    os.chmod(target, 0o644)
+    target.unlink()
+    os.link(other, target)  # same name, different file: a hand replacement
+    result = published.cli("check", expect=1)
+    assert "unhealthy" in result.stderr and "not release 2 as recorded" in result.stderr
+    assert published.status()["last_check"]["ok"] is False
+
+
+def test_check_hash_catches_in_place_rewrite_with_same_stat(published: Env) -> None:
+    target = Path(os.readlink(published.live))
+    st = target.stat()
+    os.chmod(target, 0o644)
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF  # one byte in the last page
+    with open(target, "r+b") as fh:
+        fh.write(data)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide it from the stat check
+    published.cli("check", "--no-integrity")  # cheap check cannot see it
+    result = published.cli("check", "--hash", expect=1)
+    assert "modified in place" in result.stderr
+
+
+def test_validate(published: Env) -> None:
+    good = published.make_db("v.db", seed=3)
+    assert published.cli_json("validate", str(good))["ok"] is True
+    empty = published.make_db("e.db", sql="DELETE FROM tags_final;")
+    res = published.cli("validate", str(empty), expect=1)
+    assert "rows" in res.stderr
+    assert published.cli("validate", str(published.tmp / "missing.db"), expect=2)
+
+
+# -- lock ----------------------------------------------------------------------
+
+
+def test_lock_busy_is_exit_3_and_status_shows_holder(published: Env) -> None:
+    db = published.make_db("three.db", seed=3)
+    proc = subprocess.Popen(
+        [str(RELEASER_BIN), "--config", str(published.config), "publish", str(db)],
+        env={**os.environ, "RELEASER_TEST_PAUSE_AT": "gated"},
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        assert "releaser-testpoint: gated" in proc.stderr.readline()
+        holder = published.status()["lock"]
+        assert holder["pid"] == proc.pid and holder["command"].startswith("publish ")
+        result = published.cli("rollback", "--wait", "0.3", expect=3)
+        assert f"pid {proc.pid}" in result.stderr and "--wait" in result.stderr
+        published.cli("publish", str(db), expect=3)
+    finally:
+        proc.kill()
+        proc.wait()
+    # the kernel dropped the dead holder's flock: the next operation proceeds and cleans up
+    assert published.status()["lock"] is None
+    published.cli("publish", str(db))
+    assert not list((published.root / "slots").rglob(".staging-*"))
+
+
+def test_wait_gets_the_lock_once_released(published: Env) -> None:
+    store = Store(published.root, published.live)
+    import threading
+
+    def hold() -> None:
+        with store.lock("test holder"):
+            time.sleep(0.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.1)
+    published.cli("rollback", "--wait", "10")
+    t.join()
+
+
+# -- misc ----------------------------------------------------------------------
+
+
+def test_help_shows_examples_and_exit_codes(env: Env) -> None:
+    top = env.cli("--help").stdout
+    assert "Examples:" in top and "Exit codes:" in top
+    for cmd in ("init", "validate", "publish", "rollback", "status", "history", "check"):
+        assert "Examples:" in env.cli(cmd, "--help").stdout, cmd
+
+
+def test_unknown_option_is_exit_2(env: Env) -> None:
+    assert env.cli("publish", "--bogus", expect=2)
+
+
+def test_io_error_is_one_line_exit_5_cleans_up_and_traceback_with_debug(
+        published: Env) -> None:
+    # the archive folder replaced by a file: placing the release fails with an OS error
+    before = published.snapshot()
+    archive = published.root / "archive"
+    archive.rename(published.root / "archive.bak")
+    archive.write_text("not a folder")
+    db = published.make_db("three.db", seed=3)
+    try:
+        proc = published.run("publish", str(db), expect=5)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr
+        assert "archive" in lines[0]
+        assert published.snapshot() == before  # live, slots untouched; no file left behind
+        ev = published.history()[0]
+        assert (ev["action"], ev["outcome"]) == ("reject", "error")
+        dbg = published.run("--debug", "publish", str(db), expect=None)
+        assert dbg.returncode != 0 and "Traceback" in dbg.stderr
+    finally:
+        archive.unlink()
+        (published.root / "archive.bak").rename(archive)
+    assert published.snapshot() == before
+    published.cli("publish", str(db))
+
+
+@pytest.mark.parametrize(("text", "rid"), [("7", 7), ("r7", 7), ("release-7.db", 7)])
+def test_parse_release_id(text: str, rid: int) -> None:
+    assert parse_release_id(text) == rid
