@@ -11,6 +11,7 @@ is put right by `reconcile`, which every locked operation runs first.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ from .store import (
     release_id_of,
     sha256_file,
 )
+
+log = logging.getLogger("releaser.release")
 
 TESTPOINT_ENV = "RELEASER_TEST_PAUSE_AT"
 
@@ -255,6 +258,8 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
         if len(files) > 1:
             keep = live_id if live_id in files else max(files)
             store.clear_slot(slot, keep)
+    for note in notes:
+        log.warning("reconcile: %s", note)
     return notes
 
 
@@ -321,6 +326,7 @@ def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: s
         ctx.state.add_event("reject", actor=actor, outcome=outcome, release_id=rid,
                             reason="; ".join(reasons)[:2000])
     result.release_id = rid
+    log.info("rejected %s (release %s): %s", result.source, rid, "; ".join(reasons))
 
 
 def publish(
@@ -429,6 +435,8 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
                             reason="post-swap check failed: " + "; ".join(reasons)[:2000])
         result.outcome = "reverted"
         result.reasons = reasons
+        log.error("release %s failed its post-swap check, swapped back: %s", rid,
+                  "; ".join(reasons))
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
     with state.transaction():
@@ -437,6 +445,8 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
                         from_release_id=live_id, reason=note)
     testpoint("recorded")
     result.outcome = "published"
+    log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
+             staged.sha256)
     prune_archive(ctx)
     timer.mark("record")
 
@@ -609,6 +619,7 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
     with state.transaction():
         state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
                         from_release_id=live_id, reason=reason)
+    log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
     return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
                           slot=slot, sha256=target.sha256, reason=reason,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 3))
