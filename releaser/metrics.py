@@ -1,0 +1,267 @@
+"""Prometheus metrics and the monitor's small HTTP endpoint.
+
+Two sources feed one registry:
+- CheckStats: what this monitor process saw (last check, durations, counts);
+- state.db, read at scrape time: the live release and the publish / reject /
+  rollback / auto-revert counters. Reading them from the append-only event log
+  makes them survive restarts and include what the CLI did.
+
+GET /metrics  Prometheus exposition (text or OpenMetrics, by Accept header)
+GET /healthz  200 when the last check passed, 503 otherwise (also before the first)
+GET /status   the `releaser status --json` document
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from . import release
+from .config import Config
+from .errors import ReleaserError
+from .state import StateDB
+from .store import Store
+
+log = logging.getLogger("releaser.metrics")
+
+# probe queries are typically sub-millisecond on an indexed table: start at 0.5 ms
+PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                 2.5, 5.0, 10.0)
+
+# counter name -> (event action, outcomes) summed from state.db
+EVENT_COUNTERS: dict[str, tuple[str, list[tuple[str, tuple[str, ...] | None]]]] = {
+    "releaser_publishes": (
+        "Releases made live by publish (including publishes recovered after a crash).",
+        [("publish", ("published", "recovered"))]),
+    "releaser_publish_failures": (
+        "Candidates rejected by the gates or swapped back after the post-swap check.",
+        [("reject", None), ("publish", ("reverted",))]),
+    "releaser_rollbacks": (
+        "Manual rollbacks that changed the live release.",
+        [("rollback", ("ok",))]),
+    "releaser_auto_reverts": (
+        "Automatic reverts by the monitor that changed the live release.",
+        [("auto-revert", ("ok",))]),
+}
+
+
+@dataclass
+class CheckStats:
+    """What the monitor has seen; written by the check thread, read by scrapes."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    checks_total: int = 0
+    failures_total: int = 0
+    last_ok: bool | None = None
+    last_release_id: int | None = None
+    last_reasons: list[str] = field(default_factory=list)
+    last_duration_s: float | None = None
+    last_success_ts: float | None = None
+    consecutive_failures: int = 0
+    # unhealthy and no revert will happen (no good release, or already tried)
+    critical: bool = False
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "ok": self.last_ok,
+                "release_id": self.last_release_id,
+                "reasons": list(self.last_reasons),
+                "checks_total": self.checks_total,
+                "failures_total": self.failures_total,
+                "consecutive_failures": self.consecutive_failures,
+                "critical": self.critical,
+                "last_success_ts": self.last_success_ts,
+            }
+
+
+class ReleaserCollector(Collector):
+    def __init__(self, config: Config, stats: CheckStats) -> None:
+        self.config = config
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._from_stats()
+        try:
+            yield from self._from_state()
+        except (sqlite3.Error, ReleaserError) as exc:
+            # a scrape must not fail because state.db is busy: skip these series once
+            log.warning("metrics: cannot read %s: %s", self.config.root, exc)
+
+    def _from_stats(self) -> Iterator[Metric]:
+        s = self.stats.snapshot()
+        with self.stats.lock:
+            duration = self.stats.last_duration_s
+        if s["ok"] is not None:
+            yield GaugeMetricFamily(
+                "releaser_health_check_success",
+                "1 when the last health check of the live release passed, else 0.",
+                value=1.0 if s["ok"] else 0.0)
+        if duration is not None:
+            yield GaugeMetricFamily(
+                "releaser_health_check_duration_seconds",
+                "How long the last health check took.", value=duration)
+        yield CounterMetricFamily(
+            "releaser_health_checks", "Health checks run by this monitor process.",
+            value=s["checks_total"])
+        yield CounterMetricFamily(
+            "releaser_health_check_failures",
+            "Health checks that failed or could not run, in this monitor process.",
+            value=s["failures_total"])
+        yield GaugeMetricFamily(
+            "releaser_health_check_consecutive_failures",
+            "Failed checks in a row of the current live release.",
+            value=s["consecutive_failures"])
+        yield GaugeMetricFamily(
+            "releaser_live_critical",
+            "1 when the live release is unhealthy and no automatic revert will happen.",
+            value=1.0 if s["critical"] else 0.0)
+        if s["last_success_ts"] is not None:
+            yield GaugeMetricFamily(
+                "releaser_health_check_last_success_timestamp_seconds",
+                "Unix time of the last passing health check (from state.db at start).",
+                value=s["last_success_ts"])
+
+    def _from_state(self) -> Iterator[Metric]:
+        store = Store(self.config.root, self.config.live_path)
+        if not store.exists():
+            return
+        state = StateDB(store.state_path)
+        try:
+            live_id = store.live_release_id()
+            rel = state.release(live_id) if live_id is not None else None
+            info = InfoMetricFamily(
+                "releaser_live_release", "The release the live path points at.",
+                labels=["release_id", "sha256", "slot"])
+            if rel is not None:
+                info.add_metric([str(rel.id), rel.sha256, store.live_slot() or ""], {})
+            yield info
+            for name, (doc, parts) in EVENT_COUNTERS.items():
+                total = sum(state.count_events(action, outcomes) for action, outcomes in parts)
+                yield CounterMetricFamily(name, doc, value=total)
+        finally:
+            state.close()
+
+
+class Metrics:
+    """The registry the monitor exposes; probe durations are observed per check."""
+
+    def __init__(self, config: Config, stats: CheckStats) -> None:
+        # *_created series would double the exposition for no use here
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.probe_duration = Histogram(
+            "releaser_probe_query_duration_seconds",
+            "Duration of each [[probes]] query in monitor health checks.",
+            ["probe"], buckets=PROBE_BUCKETS, registry=self.registry)
+        for probe in config.probes:
+            self.probe_duration.labels(probe.name)  # present (at 0) before the first check
+        self.registry.register(ReleaserCollector(config, stats))
+
+    def observe_probe(self, name: str, seconds: float) -> None:
+        self.probe_duration.labels(name).observe(seconds)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                body, ctype = self.server.metrics.exposition(self.headers.get("Accept"))
+                self._send(200, body, ctype)
+            elif path == "/healthz":
+                snap = self.server.stats.snapshot()
+                doc = {k: snap[k] for k in ("ok", "release_id", "reasons", "critical")}
+                self._send_json(200 if snap["ok"] else 503, doc)
+            elif path == "/status":
+                self._send_json(200, release.status(self.server.config))
+            elif path == "/":
+                self._send(200, b"releaser monitor: /metrics /healthz /status\n",
+                           "text/plain; charset=utf-8")
+            else:
+                self._send_json(404, {"error": f"no such path {path}; try /metrics, "
+                                               "/healthz or /status"})
+        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the server
+            log.error("GET %s failed: %s: %s", path, type(exc).__name__, exc)
+            self._send_json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def _send_json(self, code: int, doc: Any) -> None:
+        self._send(code, (json.dumps(doc, indent=2, default=str) + "\n").encode(),
+                   "application/json")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("http: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    config: Config
+    stats: CheckStats
+    metrics: Metrics
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """ThreadingHTTPServer in a daemon thread; port 0 picks a free port (see .port)."""
+
+    def __init__(self, listen: str, config: Config, stats: CheckStats, metrics: Metrics) -> None:
+        host, port = parse_listen(listen)
+        server_cls = _Server6 if ":" in host else _Server
+        self.httpd = server_cls((host, port), _Handler)
+        self.httpd.config, self.httpd.stats, self.httpd.metrics = config, stats, metrics
+        self.host = host
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.5},
+                                        name="releaser-metrics", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,325 @@
+"""`releaser monitor`: scheduled health checks of the live release, auto-revert, metrics.
+
+One APScheduler BlockingScheduler job runs a check every [monitor] interval_s
+(first one at start). A check re-resolves live_path and is O(1) in the file size
+except every hash_every-th check (full sha256) and every integrity_every-th
+(quick_check); a check whose full pass failed repeats that pass until it passes,
+so a fault only the hash can see keeps counting as a failure.
+
+After failures_before_revert failed checks in a row of the same live release,
+release.revert_live() marks it bad and swaps to the previous good release. It is
+tried at most once per bad release (remembered here and read back from the
+event log after a restart): no flapping. When there is nothing good to go back
+to, the live release stays, the monitor reports critical and keeps checking.
+
+systemd: READY=1 after the first check, WATCHDOG=1 while checks keep
+completing, STATUS= with the live release, STOPPING=1 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from . import health, release, sdnotify
+from .config import Config
+from .errors import LockBusy, ReleaserError
+from .metrics import CheckStats, Metrics, MetricsServer
+
+log = logging.getLogger("releaser.monitor")
+
+ACTOR = "monitor"
+# on SIGTERM, wait this long for an in-flight read-only check before leaving it;
+# an auto-revert in progress is always waited for (it is O(1))
+STOP_GRACE_S = 5.0
+
+
+def _iso_to_unix(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+class Monitor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.mcfg = config.monitor
+        self.stats = CheckStats()
+        self.metrics = Metrics(config, self.stats)
+        self.server: MetricsServer | None = None
+        self.scheduler: BlockingScheduler | None = None
+        self._n = 0  # checks started: drives the hash/integrity cadence
+        self._force_hash = False
+        self._force_integrity = False
+        self._tried: set[int | None] = set()  # releases an auto-revert was attempted from
+        self._ready_sent = False
+        self._stop = threading.Event()
+        self._idle = threading.Event()  # set while no check is running
+        self._idle.set()
+        self._reverting = threading.Event()
+        self._last_progress = time.monotonic()  # last completed check (or start)
+
+    # -- one check ---------------------------------------------------------
+
+    def check_once(self, *, allow_revert: bool = True) -> health.HealthReport:
+        """Run one check, record it, maybe auto-revert. Never raises."""
+        self._idle.clear()
+        try:
+            report = self._check()
+            self._record(report)
+            if allow_revert and not self._stop.is_set():
+                reverted = self._after(report)
+                if reverted:
+                    # show the reverted-to release's health now, not one interval later
+                    report = self._check()
+                    self._record(report)
+                    self._after(report)
+            self._last_progress = time.monotonic()
+            self._notify_after_check(report)
+            return report
+        except Exception:  # noqa: BLE001 - a monitor bug must not stop the schedule
+            log.exception("monitor: check crashed")
+            raise
+        finally:
+            self._idle.set()
+
+    def _check(self) -> health.HealthReport:
+        n = self._n
+        self._n += 1
+        full_hash = n % self.mcfg.hash_every == 0 or self._force_hash
+        integrity = n % self.mcfg.integrity_every == 0 or self._force_integrity
+        log.debug("check %d started (hash=%s, integrity=%s)", n + 1, full_hash, integrity)
+        try:
+            with release.open_store(self.config) as ctx:
+                report = health.check_live(self.config, ctx.store, ctx.state,
+                                           full_hash=full_hash, integrity=integrity)
+                try:
+                    ctx.state.add_health_check(
+                        release_id=report.release_id, ok=report.ok,
+                        duration_ms=report.duration_ms, actor=ACTOR, reasons=report.reasons)
+                except Exception as exc:  # noqa: BLE001 - recording is best effort
+                    log.warning("cannot record the health check in state.db: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failure
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            report = health.HealthReport(ok=False, release_id=None, path=None,
+                                         reasons=[f"check could not run: {message}"])
+        # a fault only a full pass sees must keep failing until that pass is clean
+        self._force_hash = report.hashed and not report.ok
+        self._force_integrity = report.integrity_checked and not report.ok
+        return report
+
+    def _record(self, report: health.HealthReport) -> None:
+        for r in report.results:
+            if r.kind == "probe":
+                self.metrics.observe_probe(r.name, r.duration_ms / 1000.0)
+        with self.stats.lock:
+            s = self.stats
+            if report.release_id != s.last_release_id:
+                # a different live release starts its own failure count
+                s.consecutive_failures = 0
+                s.critical = False
+            s.checks_total += 1
+            s.last_ok = report.ok
+            s.last_release_id = report.release_id
+            s.last_reasons = list(report.reasons)
+            s.last_duration_s = report.duration_ms / 1000.0
+            if report.ok:
+                s.consecutive_failures = 0
+                s.critical = False
+                s.last_success_ts = time.time()
+            else:
+                s.failures_total += 1
+                s.consecutive_failures += 1
+        if report.ok:
+            log.info("check: release %s healthy (%.1f ms)", report.release_id,
+                     report.duration_ms)
+        else:
+            log.warning("check: release %s UNHEALTHY (%d/%d): %s", report.release_id,
+                        self.stats.consecutive_failures, self.mcfg.failures_before_revert,
+                        "; ".join(report.reasons))
+
+    def _after(self, report: health.HealthReport) -> bool:
+        """Decide on an auto-revert; True when the live release was changed."""
+        if report.ok or self.stats.consecutive_failures < self.mcfg.failures_before_revert:
+            return False
+        rid = report.release_id
+        if rid in self._tried or (rid is not None and self._reverted_before(rid)):
+            self._tried.add(rid)
+            self._set_critical(report, "an auto-revert was already attempted from it")
+            return False
+        self._reverting.set()
+        try:
+            result = release.revert_live(self.config, actor=ACTOR, reasons=report.reasons,
+                                         expect_live=rid)
+        except LockBusy as exc:
+            log.warning("auto-revert postponed to the next check: %s", exc.message)
+            return False
+        except release.LiveChanged as exc:
+            log.info("auto-revert skipped: %s", exc.message)
+            return False
+        except (ReleaserError, OSError) as exc:
+            self._tried.add(rid)
+            message = getattr(exc, "message", None) or str(exc)
+            self._set_critical(report, f"the auto-revert failed: {message}")
+            return False
+        finally:
+            self._reverting.clear()
+        self._tried.add(rid)
+        if result is None:
+            self._set_critical(report, "no earlier good release passes its check")
+            return False
+        log.error("auto-revert: live release %s -> %s (%s)", result.from_release_id,
+                  result.release_id, "; ".join(report.reasons))
+        return True
+
+    def _reverted_before(self, rid: int) -> bool:
+        """An auto-revert event from this release exists (e.g. before a restart)."""
+        try:
+            with release.open_store(self.config) as ctx:
+                row = ctx.state.conn.execute(
+                    "SELECT 1 FROM events WHERE action='auto-revert' AND from_release_id=?"
+                    " LIMIT 1", (rid,)).fetchone()
+            return row is not None
+        except Exception:  # noqa: BLE001 - unknown: let revert_live decide
+            return False
+
+    def _set_critical(self, report: health.HealthReport, why: str) -> None:
+        with self.stats.lock:
+            self.stats.critical = True
+        log.critical("live release %s is unhealthy and stays live (%s): %s",
+                     report.release_id, why, "; ".join(report.reasons))
+
+    # -- systemd -----------------------------------------------------------
+
+    def _status_line(self, report: health.HealthReport) -> str:
+        word = "healthy" if report.ok else ("CRITICAL" if self.stats.critical else "unhealthy")
+        rid = report.release_id if report.release_id is not None else "none"
+        return f"live release {rid} {word} (check {self.stats.checks_total})"
+
+    def _notify_after_check(self, report: health.HealthReport) -> None:
+        msgs = [f"STATUS={self._status_line(report)}", "WATCHDOG=1"]
+        if not self._ready_sent:
+            msgs.insert(0, "READY=1")
+            self._ready_sent = True
+        sdnotify.notify(*msgs)
+
+    def _checks_completing(self) -> bool:
+        """Is the schedule alive? A check must complete within interval + its time limits."""
+        g = self.config.gates
+        allowance = (2 * self.mcfg.interval_s + g.integrity_timeout_ms / 1000.0
+                     + g.query_timeout_ms / 1000.0 * (len(self.config.probes) + 2) + 60.0)
+        return time.monotonic() - self._last_progress < allowance
+
+    def _watchdog_loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            if self._checks_completing():
+                sdnotify.notify("WATCHDOG=1")
+            else:
+                log.error("checks stopped completing: withholding the systemd watchdog ping")
+
+    # -- run ---------------------------------------------------------------
+
+    def _job(self) -> None:
+        try:
+            self.check_once()
+        except Exception:  # noqa: BLE001 - logged in check_once
+            pass
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop.is_set():
+            return
+        log.warning("received %s: stopping", signal.Signals(signum).name)
+        sdnotify.notify("STOPPING=1", "STATUS=stopping")
+        self._stop.set()
+        # shutdown from a thread: the signal may interrupt the scheduler holding its locks
+        threading.Thread(target=self._shutdown_scheduler, daemon=True).start()
+
+    def _shutdown_scheduler(self) -> None:
+        # the signal may come just before start(): wait for it to be running
+        deadline = time.monotonic() + 10.0
+        while self.scheduler is None or not self.scheduler.running:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        self.scheduler.shutdown(wait=False)
+
+    def run(self, *, listen: str | None = None, announce: Any = None) -> int:
+        """Serve metrics, run the schedule until SIGTERM/SIGINT; returns the exit code."""
+        # fail fast (exit 2) when there is no store, instead of checking nothing forever
+        with release.open_store(self.config) as ctx:
+            self.stats.last_success_ts = _iso_to_unix(
+                ctx.state.last_successful_health_check_at())
+        listen = listen or self.mcfg.metrics_listen
+        try:
+            self.server = MetricsServer(listen, self.config, self.stats, self.metrics)
+        except OSError as exc:
+            raise ReleaserError(f"{self.config.source or 'config'}: [monitor] metrics_listen "
+                                f"{listen}: cannot listen: {exc.strerror or exc}") from None
+        self.server.start()
+        if announce is not None:
+            announce(f"releaser monitor: metrics on {self.server.url}/metrics "
+                     f"(every {self.mcfg.interval_s:g} s)")
+        log.info("monitoring %s every %g s; metrics on %s", self.config.live_path,
+                 self.mcfg.interval_s, self.server.url)
+
+        # APScheduler's own warnings (missed runs...) go where ours go, <N> prefixes included
+        ours = logging.getLogger("releaser")
+        aps = logging.getLogger("apscheduler")
+        aps.handlers[:] = ours.handlers
+        aps.setLevel(max(ours.level, logging.WARNING))
+        aps.propagate = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        wd = sdnotify.watchdog_interval_s()
+        if wd is not None:
+            threading.Thread(target=self._watchdog_loop, args=(wd,), name="releaser-watchdog",
+                             daemon=True).start()
+
+        self.scheduler = BlockingScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={
+                "coalesce": True,  # after a stall, one check, not a burst of catch-ups
+                "max_instances": 1,  # never two checks (or reverts) at once
+                "misfire_grace_time": int(max(1, self.mcfg.misfire_grace_s)),
+            },
+            timezone=UTC,
+        )
+        self.scheduler.add_job(self._job, "interval", seconds=self.mcfg.interval_s,
+                               id="health-check", next_run_time=datetime.now(UTC))
+        if not self._stop.is_set():
+            self.scheduler.start()  # blocks until _on_signal shuts it down
+        return self._finish()
+
+    def _finish(self) -> int:
+        # a revert holds the lock and swaps: always let it finish; a read-only check
+        # can be abandoned after a grace period (SQLite needs no cleanup for readers)
+        while self._reverting.is_set():
+            time.sleep(0.05)
+        clean = self._idle.wait(STOP_GRACE_S)
+        if self.server is not None:
+            self.server.stop()
+        if not clean:
+            log.warning("left a check running after %g s to stop in time", STOP_GRACE_S)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # the executor's worker thread would be joined at exit: leave now
+            os._exit(0)
+        log.info("stopped")
+        return 0
+
+
+def run_monitor(config: Config, *, listen: str | None = None, announce: Any = None) -> int:
+    return Monitor(config).run(listen=listen, announce=announce)

@@ -1,0 +1,375 @@
+"""`releaser monitor`: real monitor processes on loopback, interval 1 s.
+
+Damage the live release in the ways production does (bytes overwritten in place,
+truncated, deleted, replaced by another valid database) and see the monitor put
+the previous release back after failures_before_revert failed checks; see it
+refuse to flap when there is nothing good to go back to; see probe timeouts,
+SIGTERM mid-check and the sd_notify protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from releaser import sdnotify
+from releaser.store import Store
+
+from .conftest import Env
+from .monitorproc import (
+    MonitorProc,
+    events,
+    health_checks,
+    make_writable,
+    set_config,
+    wait_for,
+)
+
+# a probe that never ends on its own: only the query time limit stops it
+HANGING_PROBE = """
+[[probes]]
+name = "hangs"
+sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+budget_ms = 100000
+"""
+
+
+def live_file(env: Env) -> Path:
+    return env.live.resolve()
+
+
+def damage(env: Env, how: str) -> None:
+    target = live_file(env)
+    if how == "overwrite":
+        make_writable(target)
+        with open(target, "r+b") as fh:
+            fh.seek(4096 + 100)
+            fh.write(b"\xde\xad\xbe\xef" * 64)
+    elif how == "truncate":
+        make_writable(target)
+        os.truncate(target, target.stat().st_size // 2 + 123)
+    elif how == "delete":
+        target.unlink()
+    elif how == "replace":
+        # another, perfectly valid database under the release's name
+        other = env.make_db("other.db", seed=9)
+        tmp = target.with_name("other.tmp")
+        shutil.copyfile(other, tmp)
+        os.replace(tmp, target)
+    else:  # pragma: no cover
+        raise AssertionError(how)
+
+
+DAMAGES = ("overwrite", "truncate", "delete", "replace")
+
+
+def published_env(tmp: Path) -> Env:
+    """Like the `published` fixture, in a folder of its own (several stores per test)."""
+    tmp.mkdir()
+    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
+              root=tmp / "store")
+    env.write_config()
+    env.cli("init")
+    env.cli("publish", str(env.make_db("one.db", seed=1)))
+    env.cli("publish", str(env.make_db("two.db", seed=2)))
+    return env
+
+
+def test_damaged_live_release_is_auto_reverted(tmp_path: Path) -> None:
+    """Each kind of damage in its own store, the four monitors running side by side."""
+    envs = {how: published_env(tmp_path / how) for how in DAMAGES}
+    mons: dict[str, MonitorProc] = {}
+    try:
+        for how, env in envs.items():
+            set_config(env, monitor={"failures_before_revert": 2})
+            assert env.status()["live"]["release_id"] == 2
+            mons[how] = MonitorProc(env, "-v", "monitor")
+        for how, mon in mons.items():
+            mon.wait_listening()
+            mon.wait_healthy()
+            damage(envs[how], how)
+        for how, mon in mons.items():
+            wait_for(f"the auto-revert after {how}", lambda env=envs[how]: events(
+                env, "auto-revert"), proc=mon)
+        for how, mon in mons.items():
+            mon.wait_healthy()
+            check_reverted(envs[how], mon.metrics(), how)
+            assert mon.stop() == 0
+    finally:
+        for mon in mons.values():
+            mon.__exit__()
+
+
+def check_reverted(env: Env, metrics: dict[str, float], how: str) -> None:
+    revert = events(env, "auto-revert")
+    assert [(e["outcome"], e["release_id"], e["from_release_id"], e["actor"])
+            for e in revert] == [("ok", 1, 2, "monitor")], how
+    status = env.status()
+    assert status["live"]["release_id"] == 1, how
+    # the bad release is marked bad and is no rollback target any more
+    assert status["rollback_target"] is None, how
+    # reverted after exactly failures_before_revert failed checks of release 2
+    checks = health_checks(env)
+    failed = [c for c in checks if c["release_id"] == 2 and not c["ok"]]
+    assert len(failed) == 2, (how, checks)
+    assert all(c["actor"] == "monitor" for c in failed)
+    assert checks[-1]["release_id"] == 1 and checks[-1]["ok"], how
+    # counters and the live release on /metrics
+    assert metrics["releaser_auto_reverts_total"] == 1, how
+    assert metrics["releaser_health_check_failures_total"] == 2, how
+    assert metrics["releaser_health_check_success"] == 1, how
+    assert metrics["releaser_publishes_total"] == 2, how
+    live_info = [k for k in metrics if k.startswith("releaser_live_release_info")]
+    assert len(live_info) == 1 and 'release_id="1"' in live_info[0], how
+
+
+def test_change_only_the_hash_sees_is_caught_on_the_hash_cadence(published: Env) -> None:
+    """Bytes changed with size and mtime kept: invisible to stat, caught by the full hash."""
+    env = published
+    set_config(env, monitor={"failures_before_revert": 2, "hash_every": 2,
+                             "integrity_every": 1000})
+    target = live_file(env)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        mon.wait_healthy()
+        st = target.stat()
+        # paused, so that no check sees the new mtime before it is put back
+        mon.signal(signal.SIGSTOP)
+        make_writable(target)
+        with open(target, "r+b") as fh:  # user_version in the header: no query sees it
+            fh.seek(60)
+            fh.write(b"\x00\x00\x00\x2a")
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(target, 0o444)
+        mon.signal(signal.SIGCONT)
+        wait_for("the auto-revert", lambda: events(env, "auto-revert"), proc=mon)
+        assert mon.stop() == 0
+    failed = [c for c in health_checks(env) if not c["ok"]]
+    # the hash check found it, and the next (normally stat-only) check repeated the hash
+    assert len(failed) == 2
+    assert all("sha256" in c["reasons"][0] for c in failed), failed
+    assert env.status()["live"]["release_id"] == 1
+
+
+def test_previous_release_also_bad_no_revert_no_flapping(published: Env) -> None:
+    env = published
+    # counting checks, not timing them: a shorter interval keeps the test short
+    set_config(env, monitor={"failures_before_revert": 2, "interval_s": 0.5})
+    # the rollback target (release 1, idle slot) is broken too
+    idle = Path(env.status()["idle"]["path"])
+    make_writable(idle)
+    os.truncate(idle, 1000)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        mon.wait_healthy()
+        damage(env, "truncate")
+        wait_for("the no-target event", lambda: [
+            e for e in events(env, "auto-revert") if e["outcome"] == "no-target"], proc=mon)
+        # keep checking: several more failed checks, still exactly one attempt
+        wait_for("2 more checks", lambda: mon.metrics()[
+            "releaser_health_check_failures_total"] >= 4, proc=mon)
+        status, _ctype, body = mon.get("/healthz")
+        metrics = mon.metrics()
+        assert mon.stop() == 0
+    assert status == 503 and '"critical": true' in body
+    assert metrics["releaser_live_critical"] == 1
+    assert metrics["releaser_auto_reverts_total"] == 0
+    assert metrics["releaser_health_check_success"] == 0
+    attempts = events(env, "auto-revert")
+    assert sorted(e["outcome"] for e in attempts) == ["no-target", "refused"]
+    assert env.status()["live"]["release_id"] == 2
+    assert "CRITICAL: live release 2 is unhealthy and stays live" in mon.stderr()
+
+    # a restarted monitor reads the attempt back from the log: still no new events
+    with MonitorProc(env, "-v", "monitor", name="monitor2") as mon2:
+        mon2.wait_listening()
+        wait_for("2 checks", lambda: mon2.metrics()["releaser_health_checks_total"] >= 2,
+                 proc=mon2)
+        assert mon2.stop() == 0
+    assert len(events(env, "auto-revert")) == 2
+    assert env.status()["live"]["release_id"] == 2
+
+
+def test_revert_waits_for_a_running_publish(published: Env) -> None:
+    """The lock is busy (a publish): the auto-revert is retried at the next check."""
+    env = published
+    set_config(env, monitor={"failures_before_revert": 2, "interval_s": 0.5})
+    store = Store(env.root, env.live)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        mon.wait_healthy()
+        with store.lock("test publish"):
+            damage(env, "truncate")
+            wait_for("the postponed revert", lambda: "auto-revert postponed" in mon.stderr(),
+                     proc=mon)
+            assert events(env, "auto-revert") == []
+        wait_for("the auto-revert", lambda: events(env, "auto-revert"), proc=mon)
+        assert mon.stop() == 0
+    assert [e["outcome"] for e in events(env, "auto-revert")] == ["ok"]
+    assert env.status()["live"]["release_id"] == 1
+
+
+def test_revert_refuses_when_live_changed_since_the_check(published: Env) -> None:
+    """A publish between the failed check and the lock: the new release is not reverted."""
+    from releaser import release
+    from releaser.config import load_config
+
+    before = published.snapshot()
+    with pytest.raises(release.LiveChanged, match="from release 1 to 2"):
+        release.revert_live(load_config(published.config), actor="monitor",
+                            reasons=["test"], expect_live=1)
+    assert published.snapshot() == before
+    assert events(published, "auto-revert") == []
+    assert published.status()["live"]["status"] == "good"
+
+
+def test_hanging_probe_hits_its_time_limit(published: Env) -> None:
+    env = published
+    set_config(env, monitor={"failures_before_revert": 100},
+               gates={"query_timeout_ms": 300}, extra=HANGING_PROBE)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        # checks keep completing although the probe never would
+        wait_for("2 checks", lambda: mon.metrics()["releaser_health_checks_total"] >= 2,
+                 proc=mon)
+        status, _ctype, body = mon.get("/healthz")
+        metrics = mon.metrics()
+        assert mon.stop() == 0
+    assert status == 503
+    assert "300 ms time limit" in body
+    checks = health_checks(env)
+    assert checks and not checks[0]["ok"]
+    assert any("hangs" in r and "time limit" in r for r in checks[0]["reasons"])
+    # the timed-out probe is in its histogram, at about its limit
+    assert metrics['releaser_probe_query_duration_seconds_count{probe="hangs"}'] >= 2
+    assert metrics['releaser_probe_query_duration_seconds_bucket{le="0.1",probe="hangs"}'] == 0
+
+
+def test_sigterm_mid_check_exits_0(published: Env) -> None:
+    env = published
+    # the first check spends ~2 s in this probe: SIGTERM lands in the middle of it
+    set_config(env, gates={"query_timeout_ms": 2000}, extra=HANGING_PROBE)
+    with MonitorProc(env, "--debug", "monitor") as mon:
+        wait_for("check 1 to start", lambda: "check 1 started" in mon.stderr(), proc=mon)
+        mon.signal(signal.SIGTERM)
+        assert mon.stop(timeout=15) == 0
+        err = mon.stderr()
+    assert "received SIGTERM: stopping" in err
+    assert "Traceback" not in err
+    # nothing half-done: the live release is untouched
+    assert env.status()["live"]["release_id"] == 2
+
+
+def test_notify_socket_ready_watchdog_stopping(published: Env, tmp_path: Path) -> None:
+    env = published
+    set_config(env)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    messages: list[str] = []
+
+    def until(needle: str) -> None:
+        while not any(needle in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+
+    try:
+        # INVOCATION_ID: log as under systemd (<N> priority prefixes)
+        with MonitorProc(env, "-v", "monitor", extra_env={
+                "NOTIFY_SOCKET": str(sock_path), "INVOCATION_ID": "0" * 32}) as mon:
+            until("READY=1")
+            until("WATCHDOG=1")
+            mon.wait_listening()
+            mon.signal(signal.SIGTERM)
+            until("STOPPING=1")
+            assert mon.stop() == 0
+    finally:
+        sock.close()
+    ready = next(m for m in messages if "READY=1" in m)
+    # READY only after the first check, with the live release in STATUS=
+    assert "STATUS=live release 2 healthy" in ready
+    assert sum("READY=1" in m for m in messages) == 1
+    lines = [line for line in mon.stderr().splitlines() if line]
+    assert lines and all(line.startswith(("<6>", "<4>")) for line in lines), lines
+
+
+@pytest.mark.parametrize("form", ["path", "abstract"])
+def test_sd_notify_socket_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                form: str) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if form == "path":
+        addr = str(tmp_path / "n.sock")
+        sock.bind(addr)
+        monkeypatch.setenv("NOTIFY_SOCKET", addr)
+    else:
+        name = f"releaser-test-{os.getpid()}-{id(sock)}"
+        sock.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    sock.settimeout(5)
+    try:
+        assert sdnotify.notify("READY=1", "STATUS=hello")
+        assert sock.recv(100) == b"READY=1\nSTATUS=hello"
+    finally:
+        sock.close()
+
+
+def test_sd_notify_is_a_noop_without_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval_s() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert sdnotify.watchdog_interval_s() is None
+
+
+def test_monitor_without_store_is_a_usage_error(env: Env) -> None:
+    proc = env.run("monitor", expect=2)
+    assert "releaser init" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_monitor_port_in_use_is_one_line(store: Env) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        proc = store.run("monitor", "--listen", f"127.0.0.1:{port}", expect=5)
+    finally:
+        busy.close()
+    assert "cannot listen" in proc.stderr and str(port) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.bench
+def test_bench_check_cost_does_not_grow_with_size(tmp_path: Path) -> None:
+    """Between the periodic full passes a check is O(1) in the file size."""
+    import statistics
+
+    from releaser import health, release
+    from releaser.config import load_config
+
+    medians = {}
+    for rows in (3000, 300_000):
+        env = published_env(tmp_path / f"r{rows}")
+        env.cli("publish", str(env.make_db("big.db", rows=rows, seed=5)))
+        config = load_config(env.config)
+        with release.open_store(config) as ctx:
+            times = []
+            for _ in range(21):
+                report = health.check_live(config, ctx.store, ctx.state, full_hash=False,
+                                           integrity=False)
+                assert report.ok, report.reasons
+                times.append(report.duration_ms)
+            full = health.check_live(config, ctx.store, ctx.state, full_hash=True,
+                                     integrity=True)
+        medians[rows] = statistics.median(times)
+        print(f"\nrows={rows} size={env.live.stat().st_size >> 20} MiB: check "
+              f"{medians[rows]:.2f} ms, with sha256 + quick_check {full.duration_ms:.1f} ms")
+    # 100x the rows; the cheap check stays within noise of the small one
+    assert medians[300_000] < 5 * medians[3000] + 2.0
