@@ -1,0 +1,124 @@
+"""Run configured hook commands: argv lists (no shell), a timeout, release env vars.
+
+Hooks are the operator's way to tell the app about a new release (for example
+`systemctl reload prompt-scribe-app`, since readers keep the old file until
+they reopen it). Only a failing `before_swap` hook changes an outcome (the
+publish stops); every other hook failure is logged and reported as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Hook
+
+log = logging.getLogger("releaser.hooks")
+
+OUTPUT_KEPT = 2000  # characters of a hook's output kept for the log / error line
+
+
+@dataclass(frozen=True)
+class HookResult:
+    argv: tuple[str, ...]
+    ok: bool
+    returncode: int | None
+    duration_ms: float
+    output: str
+    problem: str | None = None  # one line: why it failed
+
+    def describe(self, kind: str) -> str:
+        return f"{kind} hook {' '.join(self.argv)}: {self.problem}"
+
+
+def release_env(*, action: str, live_path: Path, release_id: int | None,
+                sha256: str | None, slot: str | None, previous_release_id: int | None = None,
+                reason: str | None = None) -> dict[str, str]:
+    """The environment variables that describe a release to a hook or verify command."""
+    env = {
+        "RELEASER_ACTION": action,
+        "RELEASER_LIVE_PATH": str(live_path),
+        "RELEASER_RELEASE_ID": "" if release_id is None else str(release_id),
+        "RELEASER_SHA256": sha256 or "",
+        "RELEASER_SLOT": slot or "",
+        "RELEASER_PREVIOUS_RELEASE_ID": (
+            "" if previous_release_id is None else str(previous_release_id)),
+    }
+    if reason:
+        env["RELEASER_REASON"] = reason[:4000]
+    return env
+
+
+def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -> HookResult:
+    """Run argv in its own process group; on timeout the whole group is killed."""
+    t0 = time.perf_counter()
+    full_env = {**os.environ, **env}
+    try:
+        proc = subprocess.Popen(
+            list(argv), env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return HookResult(tuple(argv), False, None, _ms(t0), "",
+                          f"cannot run: {exc.strerror or exc}")
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # a hook that forked children must not leave them behind
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a grandchild escaped the group and holds stdout
+            proc.kill()
+            out = b""
+        text = _tail(out)
+        return HookResult(tuple(argv), False, proc.returncode, _ms(t0), text,
+                          f"timed out after {timeout_s:g} s")
+    text = _tail(out)
+    if proc.returncode != 0:
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        return HookResult(tuple(argv), False, proc.returncode, _ms(t0), text,
+                          f"exit {proc.returncode}: {last[:300]}")
+    return HookResult(tuple(argv), True, 0, _ms(t0), text)
+
+
+def run_hooks(kind: str, hooks: Sequence[Hook], env: dict[str, str], *,
+              stop_on_failure: bool = False) -> list[HookResult]:
+    """Run each hook of one kind in order; log each result.
+
+    With stop_on_failure (before_swap) the first failure ends the run.
+    """
+    results = []
+    for hook in hooks:
+        res = run_command(hook.argv, timeout_s=hook.timeout_s,
+                          env={**env, "RELEASER_HOOK": kind})
+        results.append(res)
+        if res.ok:
+            log.info("%s hook %s ok (%.0f ms)", kind, " ".join(hook.argv), res.duration_ms)
+        else:
+            log.warning("%s", res.describe(kind))
+            if res.output.strip():
+                log.debug("%s hook output:\n%s", kind, res.output)
+            if stop_on_failure:
+                break
+    return results
+
+
+def failures(kind: str, results: Sequence[HookResult]) -> list[str]:
+    return [r.describe(kind) for r in results if not r.ok]
+
+
+def _tail(raw: bytes | None) -> str:
+    text = (raw or b"").decode("utf-8", "replace")
+    return text[-OUTPUT_KEPT:]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

@@ -1,0 +1,153 @@
+"""Post-swap verification: does the app itself work on the new release?
+
+After the swap (and the after_swap hooks, which typically make the app reopen
+the file) the `[[verify.http]]` probes and `[[verify.exec]]` commands run in
+rounds for `[verify] window_s`, while the previous release stays ready in the
+other slot. The first failing round ends the window; the caller swaps back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ExecProbe, HttpProbe, Verify
+from .hooks import run_command
+
+log = logging.getLogger("releaser.verify")
+
+BODY_MAX = 1 << 20  # read at most 1 MiB of a probe's answer
+# the app is probed directly, never through a proxy from the environment
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_MISSING = object()
+
+
+@dataclass
+class VerifyReport:
+    rounds: int = 0
+    reasons: list[str] = field(default_factory=list)
+    # False when --no-wait ended the window after the first good round
+    waited: bool = True
+    duration_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "rounds": self.rounds, "reasons": self.reasons,
+                "waited": self.waited, "duration_ms": self.duration_ms}
+
+
+def enabled(cfg: Verify) -> bool:
+    return bool(cfg.http or cfg.exec)
+
+
+def check_http(probe: HttpProbe) -> str | None:
+    """None when the probe passes within its retries, else the last failure."""
+    problem: str | None = None
+    for attempt in range(probe.retries + 1):
+        if attempt:
+            time.sleep(probe.retry_delay_s)
+        problem = _http_once(probe)
+        if problem is None:
+            return None
+        log.info("verify %s: attempt %d failed: %s", probe.url, attempt + 1, problem)
+    return f"http {probe.url}: {problem}"
+
+
+def _http_once(probe: HttpProbe) -> str | None:
+    req = urllib.request.Request(probe.url, headers={"User-Agent": "releaser-verify"})
+    try:
+        with _OPENER.open(req, timeout=probe.timeout_s) as resp:
+            status, body = resp.status, resp.read(BODY_MAX)
+    except urllib.error.HTTPError as exc:  # a non-2xx answer is still an answer
+        status, body = exc.code, exc.read(BODY_MAX) if exc.fp else b""
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no answer: {reason}"
+    if status != probe.expect_status:
+        return f"status {status}, expected {probe.expect_status}" + _snippet(body)
+    text = body.decode("utf-8", "replace")
+    if probe.body_contains is not None and probe.body_contains not in text:
+        return f"body does not contain {probe.body_contains!r}" + _snippet(body)
+    if probe.json_field is not None:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return "body is not JSON" + _snippet(body)
+        value = _dig(doc, probe.json_field)
+        if value is _MISSING or value is None:
+            return f"JSON field {probe.json_field} is missing or null" + _snippet(body)
+        if probe.json_value is not None and not _same(value, probe.json_value):
+            return f"JSON field {probe.json_field} is {value!r}, expected {probe.json_value!r}"
+    return None
+
+
+def _dig(doc: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            return _MISSING
+    return doc
+
+
+def _same(got: Any, want: Any) -> bool:
+    # TOML `1` and JSON `1.0` are the same number; a bool is never a number here
+    if isinstance(got, bool) or isinstance(want, bool):
+        return got is want
+    if isinstance(got, int | float) and isinstance(want, int | float):
+        return float(got) == float(want)
+    return bool(got == want)
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f" (body: {text})" if text else ""
+
+
+def check_exec(probe: ExecProbe, env: dict[str, str]) -> str | None:
+    res = run_command(probe.argv, timeout_s=probe.timeout_s, env={**env, "RELEASER_HOOK":
+                                                                  "verify"})
+    return None if res.ok else f"exec {' '.join(probe.argv)}: {res.problem}"
+
+
+def run_round(cfg: Verify, env: dict[str, str]) -> list[str]:
+    """All probes once; every failure's reason (empty when the app looks healthy)."""
+    reasons = [r for p in cfg.http if (r := check_http(p))]
+    reasons += [r for p in cfg.exec if (r := check_exec(p, env))]
+    return reasons
+
+
+def run_window(cfg: Verify, env: dict[str, str], *, wait: bool = True,
+               sleep: Callable[[float], None] = time.sleep) -> VerifyReport:
+    """Rounds every interval_s until window_s has passed; stops at the first failure.
+
+    At least one round always runs. With wait=False only that first round runs
+    (`publish --no-wait`): the release is accepted once the app answered well once.
+    """
+    t0 = time.monotonic()
+    report = VerifyReport(waited=wait)
+    if not enabled(cfg):
+        return report
+    deadline = t0 + cfg.window_s
+    while True:
+        report.rounds += 1
+        report.reasons = run_round(cfg, env)
+        if report.reasons or not wait:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sleep(min(cfg.interval_s, left))
+    report.duration_ms = round((time.monotonic() - t0) * 1000, 3)
+    return report

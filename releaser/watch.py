@@ -1,0 +1,311 @@
+"""`releaser watch`: publish every database dropped into the inbox folder.
+
+Flow: watchdog events (inotify, or polling with --polling) and a start-up scan
+note candidate files -> the main loop publishes nothing itself; it waits until
+a file's size and mtime have been stable for settle_s and puts it on a queue ->
+one worker thread publishes it through release.publish (the same pipeline and
+lock as `releaser publish`) -> the file moves to inbox/done/ or inbox/rejected/
+with NAME.reason.json beside it.
+
+A handler error is logged and the file is set aside; it never stops the
+watcher. A busy store lock is not a rejection: the file is retried later.
+SIGTERM / SIGINT stop the observer, let the current publish finish, and exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from . import release, sdnotify
+from .config import Config
+from .errors import GateFailed, LockBusy, ReleaserError, UsageError
+from .state import utcnow
+
+log = logging.getLogger("releaser.watch")
+
+DONE, REJECTED = "done", "rejected"
+IGNORED_SUFFIXES = ("-journal", "-wal", "-shm", ".reason.json")
+RESCAN_S = 30.0  # safety net for missed events (inotify queue overflow)
+ARRIVAL_EVENTS = (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED)
+
+ResultFn = Callable[[dict[str, Any]], None]
+
+
+def is_candidate(name: str) -> bool:
+    """Dot-files (temp files of a writer) and SQLite side files are never releases."""
+    return bool(name) and not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass
+class _Pending:
+    sig: tuple[int, int] | None = None  # (size, mtime_ns) at the last look
+    since: float = 0.0  # when sig last changed (monotonic)
+    not_before: float = 0.0  # lock busy: not again before this
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if event.event_type == EVENT_TYPE_MOVED:
+            self.watcher.note(Path(os.fsdecode(event.dest_path)))
+        elif event.event_type in ARRIVAL_EVENTS:
+            self.watcher.note(Path(os.fsdecode(event.src_path)))
+
+
+class Watcher:
+    def __init__(self, config: Config, inbox: Path, *, polling: bool = False,
+                 actor: str = "watch", on_result: ResultFn | None = None) -> None:
+        self.config = config
+        self.inbox = inbox.absolute()
+        self.settle_s = config.watch.settle_s
+        self.polling = polling
+        self.actor = actor
+        self.on_result = on_result
+        self.stop_event = threading.Event()
+        self.processed = 0
+        self._lock = threading.Lock()
+        self._pending: dict[Path, _Pending] = {}
+        self._busy: set[Path] = set()  # queued or being published
+        self._stuck: dict[Path, tuple[int, int]] = {}  # could not be moved away: skip
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+
+    # -- set-up -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check the store and make the inbox folders (usage errors, exit 2)."""
+        with release.open_store(self.config) as ctx:
+            if ctx.store.is_inside(self.inbox):
+                raise UsageError(f"{self.inbox}: the inbox is inside the releaser store "
+                                 f"({ctx.store.root}); use a folder outside it")
+        try:
+            for d in (self.inbox, self.inbox / DONE, self.inbox / REJECTED):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{exc.filename}: cannot create the inbox folder: "
+                             f"{exc.strerror}") from None
+
+    # -- arrivals -----------------------------------------------------------
+
+    def note(self, path: Path) -> None:
+        """An event or the scan saw path; it waits in pending until it settles."""
+        if path.parent != self.inbox or not is_candidate(path.name):
+            return
+        with self._lock:
+            if path not in self._busy:
+                self._pending.setdefault(path, _Pending())
+
+    def scan(self) -> None:
+        try:
+            entries = list(os.scandir(self.inbox))
+        except OSError as exc:
+            log.error("%s: cannot list the inbox: %s", self.inbox, exc.strerror)
+            return
+        for entry in entries:
+            self.note(Path(entry.path))
+
+    def settle(self) -> None:
+        """Queue every pending file whose size and mtime have not changed for settle_s."""
+        now = time.monotonic()
+        with self._lock:
+            items = list(self._pending.items())
+        for path, p in items:
+            try:
+                st = os.stat(path)
+            except OSError:
+                with self._lock:
+                    self._pending.pop(path, None)  # moved away or deleted before it settled
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                with self._lock:
+                    self._pending.pop(path, None)
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self._stuck.get(path) == sig:
+                with self._lock:
+                    self._pending.pop(path, None)
+                continue
+            if sig != p.sig:
+                p.sig, p.since = sig, now
+                continue
+            if now - p.since >= self.settle_s and now >= p.not_before:
+                with self._lock:
+                    self._pending.pop(path, None)
+                    self._busy.add(path)
+                self._queue.put(path)
+
+    # -- the worker -----------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            path = self._queue.get()
+            if path is None:
+                return
+            retry = False
+            try:
+                retry = self.process(path)
+            except Exception:  # noqa: BLE001 - one bad file must not stop the watcher
+                log.exception("%s: unexpected error while publishing", path)
+                self._finish(path, REJECTED, {"outcome": "error", "release_id": None,
+                                              "reasons": ["internal error; see the log"]})
+            finally:
+                with self._lock:
+                    self._busy.discard(path)
+                    if retry:
+                        now = time.monotonic()
+                        self._pending[path] = _Pending(
+                            sig=None, since=now,
+                            not_before=now + self.config.watch.lock_retry_s)
+
+    def process(self, path: Path) -> bool:
+        """Publish one settled file; True when it should be retried later (lock busy)."""
+        if not path.exists():
+            log.info("%s: gone before it could be published", path)
+            return False
+        sdnotify.notify(f"STATUS=publishing {path.name}")
+        log.info("%s: publishing", path)
+        doc: dict[str, Any]
+        try:
+            result = release.publish(self.config, path, actor=self.actor,
+                                     note=f"watch: {path.name}", wait_window=True)
+        except LockBusy as exc:
+            log.info("%s: %s; trying again in %g s", path, exc.message,
+                     self.config.watch.lock_retry_s)
+            sdnotify.notify(f"STATUS=waiting for the store lock ({path.name})")
+            return True
+        except GateFailed as exc:
+            res = exc.report if isinstance(exc.report, release.PublishResult) else None
+            doc = {"outcome": res.outcome if res else "rejected",
+                   "release_id": res.release_id if res else None,
+                   "reasons": (res.reasons if res and res.reasons else [exc.message]),
+                   "warnings": res.warnings if res else [],
+                   "sha256": res.sha256 if res else None, "exit_code": exc.exit_code}
+            self._finish(path, REJECTED, doc)
+            return False
+        except ReleaserError as exc:  # usage or I/O: set aside with the reason
+            self._finish(path, REJECTED, {"outcome": "error", "release_id": None,
+                                          "reasons": [exc.message], "exit_code": exc.exit_code})
+            return False
+        folder = DONE if result.outcome == "published" else REJECTED
+        doc = {"outcome": result.outcome, "release_id": result.release_id,
+               "reasons": result.reasons, "warnings": result.warnings,
+               "sha256": result.sha256, "exit_code": 0}
+        self._finish(path, folder, doc)
+        return False
+
+    def _finish(self, path: Path, folder: str, doc: dict[str, Any]) -> None:
+        """Move the source aside, then write NAME.reason.json beside it."""
+        self.processed += 1
+        doc = {"file": path.name, "source": str(path), **doc, "at": utcnow()}
+        try:
+            dest = _free_name(self.inbox / folder, path.name)
+            os.rename(path, dest)
+            doc["moved_to"] = str(dest)
+            _write_json(dest.with_name(f"{dest.name}.reason.json"), doc)
+        except OSError as exc:
+            log.error("%s: cannot move it to %s/: %s; it stays and is skipped until it "
+                      "changes", path, folder, exc.strerror or exc)
+            with suppress(OSError):
+                st = os.stat(path)
+                self._stuck[path] = (st.st_size, st.st_mtime_ns)
+            doc["moved_to"] = None
+        level = logging.INFO if doc["outcome"] == "published" else logging.WARNING
+        log.log(level, "%s: %s%s", path.name, doc["outcome"],
+                f": {doc['reasons'][0]}" if doc.get("reasons") else "")
+        sdnotify.notify(f"STATUS=watching {self.inbox} ({self.processed} processed; last: "
+                  f"{path.name} {doc['outcome']})")
+        if self.on_result:
+            try:
+                self.on_result(doc)
+            except Exception:  # noqa: BLE001 - reporting must not stop the worker
+                log.exception("reporting the result of %s failed", path)
+
+    # -- main loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Watch until stop() or SIGTERM/SIGINT; the current publish is finished first."""
+        self.prepare()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop_event.set())
+        poll_s = min(1.0, max(0.1, self.settle_s / 2))
+        observer = PollingObserver(timeout=poll_s) if self.polling else Observer()
+        observer.schedule(_Handler(self), str(self.inbox), recursive=False)
+        worker = threading.Thread(target=self._work, name="watch-worker", daemon=True)
+        observer.start()
+        worker.start()
+        self.scan()  # after start: a file arriving meanwhile is seen by one or the other
+        kind = "polling" if self.polling else "inotify"
+        log.info("watching %s (%s, settle %g s)", self.inbox, kind, self.settle_s)
+        sdnotify.notify("READY=1", f"STATUS=watching {self.inbox} ({kind})")
+        tick = min(0.25, max(0.05, self.settle_s / 3))
+        next_scan = time.monotonic() + RESCAN_S
+        ping_s = sdnotify.watchdog_interval_s()  # WatchdogSec= in the unit, if set
+        next_ping = time.monotonic()
+        try:
+            while not self.stop_event.wait(tick):
+                if ping_s and time.monotonic() >= next_ping:
+                    sdnotify.notify("WATCHDOG=1")
+                    next_ping = time.monotonic() + ping_s
+                if time.monotonic() >= next_scan:
+                    self.scan()
+                    next_scan = time.monotonic() + RESCAN_S
+                self.settle()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            log.info("stopping: finishing the current publish")
+            # watchdog 7 logs a spurious "called when the thread is inactive" error on stop
+            logging.getLogger("watchdog").setLevel(logging.CRITICAL)
+            observer.stop()
+            self._queue.put(None)
+            worker.join()
+            observer.join(timeout=5)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """folder/name, or folder/name.2, .3... when an earlier file had the same name."""
+    dest = folder / name
+    n = 2
+    while dest.exists() or dest.with_name(f"{dest.name}.reason.json").exists():
+        dest = folder / f"{name}.{n}"
+        n += 1
+    return dest
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=2, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
