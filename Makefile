@@ -40,9 +40,32 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m pytest -q -s -m bench -p no:xdist --timeout 3600
+	$(BIN)/python bench/bench.py
 
 stress: venv
 	$(BIN)/python -m pytest -q -m stress --timeout 1800
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache
+
+# Units into /etc/systemd/system, the default config into /etc/releaser (never
+# overwritten), and the `releaser` system user. The units run
+# /opt/releaser/.venv/bin/releaser: check the repo out at /opt/releaser and `make venv`.
+# DESTDIR=/some/dir installs into a staging tree (no user, no daemon-reload).
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+RELEASER_CONF_DIR ?= /etc/releaser
+install-systemd:
+	@if [ -z "$(DESTDIR)" ] && ! getent passwd releaser >/dev/null; then \
+	    echo "creating system user releaser"; \
+	    useradd --system --user-group --home-dir /var/lib/releaser --no-create-home \
+	        --shell /usr/sbin/nologin --comment "releaser service" releaser; \
+	fi
+	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(RELEASER_CONF_DIR)
+	install -m 0644 systemd/*.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/
+	@if [ -e $(DESTDIR)$(RELEASER_CONF_DIR)/releaser.toml ]; then \
+	    echo "keeping existing $(DESTDIR)$(RELEASER_CONF_DIR)/releaser.toml"; \
+	else \
+	    install -m 0644 config/releaser.toml $(DESTDIR)$(RELEASER_CONF_DIR)/releaser.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: $(notdir $(wildcard systemd/*.service)); next: systemctl enable --now releaser-monitor"

@@ -19,6 +19,7 @@ import click
 
 from . import __version__, release
 from .config import Config, load_config
+from .diff import render as render_diff
 from .errors import EXIT_IO, ReleaserError
 from .gates import GateReport
 from .log import setup_logging
@@ -174,7 +175,7 @@ def init(as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path, readable=False))
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @json_option
 def validate(db: Path, strict: bool, as_json: bool) -> None:
@@ -204,25 +205,36 @@ def validate(db: Path, strict: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path, readable=False))
 @click.option("--note", help="A note stored with the release (shown in history).")
-@click.option("--dry-run", is_flag=True, help="Stage and run the gates, then discard.")
+@click.option("--dry-run", is_flag=True,
+              help="Stage and run the gates, print the diff against live, then discard.")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
+@click.option("--allow-contract", is_flag=True,
+              help="Let schema contract changes (a removed column, table or probe index...) "
+                   "through; see [schema] in the config.")
+@click.option("--no-wait", is_flag=True,
+              help="Accept after the first good [verify] round instead of waiting out "
+                   "window_s.")
 @wait_option
 @json_option
-def publish(db: Path, note: str | None, dry_run: bool, strict: bool, wait_s: float,
-            as_json: bool) -> None:
+def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contract: bool,
+            no_wait: bool, wait_s: float, as_json: bool) -> None:
     """Validate DB, stage it into the idle slot and make it live.
 
     The gates run on the staged copy, never the source. After the swap the
     release is checked again through the live path; if that fails the
-    previous release is put back and the exit code is 1.
+    previous release is put back and the exit code is 1. Then the after_swap
+    hooks run and the app is verified ([verify]) for window_s: a failure in
+    the window swaps back too (exit 1).
 
     \b
     Examples:
       releaser publish output/tags.db
       releaser publish output/tags.db --note "weekly rebuild" --wait 60
       releaser publish output/tags.db --dry-run --json
+      releaser publish output/tags.db --no-wait
+      releaser publish output/tags.db --allow-contract --note "drop legacy column"
     """
     config = _settings().config
     size = db.stat().st_size if db.is_file() else 0
@@ -233,17 +245,21 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, wait_s: flo
         progress: Callable[[int], None] | None = bar.update if bar is not None else None
         try:
             result = release.publish(config, db, actor=actor(), note=note, dry_run=dry_run,
-                                     strict=strict, wait_s=wait_s, progress=progress)
+                                     strict=strict, wait_s=wait_s, progress=progress,
+                                     wait_window=not no_wait, allow_contract=allow_contract)
         except ReleaserError as exc:
             if isinstance(exc.report, release.PublishResult):
                 if as_json:
                     emit_json(exc.report.as_dict())
-                elif exc.report.report is not None:
-                    _print_report(exc.report.report)
+                else:
+                    _print_diff(exc.report.diff)
+                    if exc.report.report is not None:
+                        _print_report(exc.report.report)
             raise
     if as_json:
         emit_json(result.as_dict())
         return
+    _print_diff(result.diff)
     if result.report is not None:
         _print_report(result.report)
     if result.outcome == "validated":
@@ -256,6 +272,18 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, wait_s: flo
         f"{sum(result.timings_ms.values()) / 1000:.2f} s")
     if prev is not None:
         click.echo(f"previous release {prev} stays ready: `releaser rollback` puts it back")
+
+
+def _print_diff(doc: dict[str, Any] | None) -> None:
+    """publish --dry-run: the candidate against the live release, before the gate report."""
+    if doc is None:
+        return
+    if "error" in doc:
+        click.echo(f"diff: {doc['error']}")
+    else:
+        for line in render_diff(doc):
+            click.echo(line)
+    click.echo("")
 
 
 def _print_report(report: GateReport) -> None:
@@ -343,6 +371,10 @@ def status(as_json: bool) -> None:
         click.echo(f"lock:      held by pid {lk['pid']} ({lk['command']}) since {lk['since']}")
     for problem in doc["problems"]:
         click.echo(f"problem:   {problem}")
+    for r in doc.get("stale_readers", []):
+        click.echo(f"stale reader: pid {r['pid']} ({r['command'][:80]}) still has release "
+                   f"{r['release_id']} open{' (deleted)' if r['deleted'] else ''}; it has "
+                   "not reopened live_path")
 
 
 @cli.command()
@@ -399,6 +431,165 @@ def check(full_hash: bool, no_integrity: bool, as_json: bool) -> None:
             f"{_settings().config.live_path}: unhealthy: {report.reasons[0]}", 1)
     if not as_json:
         click.echo(f"healthy: release {report.release_id} ({report.duration_ms:.1f} ms)")
+
+
+# -- diff, releases ----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("a", required=False, metavar="[A]")
+@click.argument("b", required=False, metavar="[B]")
+@json_option
+def diff(a: str | None, b: str | None, as_json: bool) -> None:
+    """Show what changes from B to A: schema, rows, checks, categories, probes.
+
+    A and B are database files or release ids (`3`, `r3`; see `releaser
+    releases`). B defaults to the live release; A defaults to the idle
+    release (what a rollback would put back). Each change is A minus B, as
+    if A were published over B. Schema changes are classified expand,
+    contract or warn, like the publish gate. Rows by category follow
+    [diff] group_by; probe p95 uses [gates] probe_runs runs on each side.
+
+    \b
+    Examples:
+      releaser diff output/tags.db          # a candidate vs live
+      releaser diff                          # idle release vs live
+      releaser diff r3 r5 --json
+      releaser diff old.db new-build.db
+    """
+    doc = release.diff(_settings().config, a, b)
+    if as_json:
+        emit_json(doc)
+        return
+    for line in render_diff(doc):
+        click.echo(line)
+
+
+@cli.command()
+@json_option
+def releases(as_json: bool) -> None:
+    """List the recorded releases: id, published time, sha256, status, note.
+
+    Status is live or idle for the two slots, otherwise good, bad, rejected
+    or aborted. `rollback --to ID` accepts any good release still on disk
+    (marked "yes" in the rollback column).
+
+    \b
+    Examples:
+      releaser releases
+      releaser releases --json | jq '.[] | select(.rollback_ok) | .release_id'
+    """
+    rows = release.releases(_settings().config)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no releases yet")
+        return
+    click.echo(f"{'id':>5}  {'status':<9} {'published':<24} {'sha256':<12}  rollback  note")
+    for r in rows:
+        sha = (r["sha256"] or "-")[:12]
+        status_word = r["status"]
+        if status_word in ("live", "idle") and r["recorded_status"] != "good":
+            status_word += f" ({r['recorded_status']})"
+        note = r["note"] or ""
+        if r["status"] in ("rejected", "bad", "aborted") and r["reason"]:
+            note = (note + "  " if note else "") + f"[{r['reason'][:80]}]"
+        click.echo(f"{r['release_id']:>5}  {status_word:<9} {r['published_at'] or '-':<24} "
+                   f"{sha:<12}  {'yes' if r['rollback_ok'] else '-':<8}  {note}".rstrip())
+
+
+# -- watch -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Folder to watch (overrides [watch] inbox).")
+@click.option("--polling/--inotify", default=None,
+              help="Poll the folder instead of inotify (network filesystems). "
+                   "Default: [watch] polling.")
+@json_option
+def watch(inbox: Path | None, polling: bool | None, as_json: bool) -> None:
+    """Publish every database dropped into the inbox folder.
+
+    A file counts once its size and mtime have been stable for [watch]
+    settle_s (dot-files and -journal/-wal/-shm files are ignored; files
+    already there at start are processed too). Each is published like
+    `releaser publish`, then moved to INBOX/done/ or INBOX/rejected/ with
+    NAME.reason.json beside it. A busy store lock means a retry later, not
+    a rejection. One line per file on stdout (--json: one JSON object per
+    line). Runs until SIGTERM or Ctrl-C, finishing the current publish.
+
+    \b
+    Examples:
+      releaser watch
+      releaser watch --inbox /srv/builds/inbox --polling
+      releaser -v watch --json
+    """
+    from .watch import Watcher  # watchdog is only needed here
+
+    config = _settings().config
+    folder = inbox.absolute() if inbox else config.watch.inbox
+    if folder is None:
+        raise _click_error(
+            f"{config.source or 'config'}: [watch] inbox is not set; add it or pass "
+            "--inbox DIR", 2)
+
+    def report(doc: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(doc, default=str))
+        elif doc["outcome"] == "published":
+            click.echo(f"{doc['file']}: published as release {doc['release_id']}")
+        else:
+            reason = doc["reasons"][0] if doc.get("reasons") else "no reason recorded"
+            click.echo(f"{doc['file']}: {doc['outcome']}: {reason}")
+
+    use_polling = config.watch.polling if polling is None else polling
+    Watcher(config, folder, polling=use_polling, actor=os.environ.get("RELEASER_ACTOR", "watch"),
+            on_result=report).run()
+
+
+# -- monitor -----------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS", help="Seconds between checks (overrides [monitor] interval_s).")
+@click.option("--listen", metavar="HOST:PORT",
+              help="Metrics address (overrides [monitor] metrics_listen; port 0 picks one).")
+def monitor(interval_s: float | None, listen: str | None) -> None:
+    """Check the live release on a schedule; auto-revert it when it goes bad.
+
+    Runs until SIGTERM. Each check confirms the live file is the recorded
+    release and runs the probes; the full sha256 and quick_check run every
+    hash_every / integrity_every checks. After failures_before_revert failed
+    checks in a row the release is marked bad and the previous good release
+    is put back (once per bad release). Serves /metrics (Prometheus),
+    /healthz and /status on [monitor] metrics_listen. Under systemd it is a
+    Type=notify service with a watchdog.
+
+    \b
+    Examples:
+      releaser -v monitor
+      releaser monitor --interval 60 --listen 127.0.0.1:9464
+      curl -s 127.0.0.1:9464/metrics | grep releaser_health
+    """
+    import dataclasses
+
+    from .config import Monitor as MonitorConfig
+    from .monitor import run_monitor
+
+    config = _settings().config
+    if interval_s is not None or listen is not None:
+        try:
+            mcfg = dataclasses.replace(
+                config.monitor, interval_s=interval_s or config.monitor.interval_s,
+                metrics_listen=listen or config.monitor.metrics_listen)
+        except ValueError as exc:
+            raise _click_error(f"--listen/--interval: {exc}", 2) from None
+        assert isinstance(mcfg, MonitorConfig)
+        config = dataclasses.replace(config, monitor=mcfg)
+    sys.exit(run_monitor(config, announce=click.echo))
 
 
 def main() -> None:

@@ -146,10 +146,14 @@ class Watch:
     inbox: Path | None = None
     settle_s: float = 5.0
     polling: bool = False
+    # the store lock was busy: try the same file again after this long
+    lock_retry_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.settle_s < 0:
             raise ValueError(f"settle_s must be >= 0, got {self.settle_s}")
+        if self.lock_retry_s <= 0:
+            raise ValueError(f"lock_retry_s must be > 0, got {self.lock_retry_s}")
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,17 @@ class HttpProbe:
     body_contains: str | None = None
     timeout_s: float = 5.0
     retries: int = 3
+    retry_delay_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f'url must start with http:// or https://, got "{self.url}"')
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.retries < 0 or self.retry_delay_s < 0:
+            raise ValueError("retries and retry_delay_s must be >= 0")
+        if self.json_value is not None and self.json_field is None:
+            raise ValueError("json_value needs json_field (the dotted path it applies to)")
 
 
 @dataclass(frozen=True)
@@ -172,13 +187,23 @@ class ExecProbe:
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError("argv must not be empty")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)
 class Verify:
     window_s: float = 0.0
+    # one round of all probes every interval_s inside the window
+    interval_s: float = 5.0
     http: tuple[HttpProbe, ...] = ()
     exec: tuple[ExecProbe, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.window_s < 0:
+            raise ValueError(f"window_s must be >= 0, got {self.window_s}")
+        if self.interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,8 @@ class Hook:
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError("argv must not be empty")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -204,8 +231,22 @@ class Webhook:
     url: str
     timeout_s: float = 5.0
     retries: int = 3
-    # which actions to send; empty means all
+    # first retry after this long, doubling each time
+    retry_delay_s: float = 1.0
+    # which actions to send (reject, publish, rollback, auto-revert); empty means all
     events: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f'url must start with http:// or https://, got "{self.url}"')
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.retries < 0 or self.retry_delay_s < 0:
+            raise ValueError("retries and retry_delay_s must be >= 0")
+        unknown = sorted(set(self.events) - {"reject", "publish", "rollback", "auto-revert"})
+        if unknown:
+            raise ValueError(f"events: unknown action {unknown[0]!r} (known: reject, publish, "
+                             "rollback, auto-revert)")
 
 
 @dataclass(frozen=True)
@@ -216,7 +257,12 @@ class Notify:
 @dataclass(frozen=True)
 class Schema:
     allow_contract: bool = False
+    # a probe plan that fully scans a table with more rows than this is a warning
     scan_rows_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.scan_rows_max < 0:
+            raise ValueError(f"scan_rows_max must be >= 0, got {self.scan_rows_max}")
 
 
 @dataclass(frozen=True)

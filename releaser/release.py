@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gates, health
+from . import diff as diffing
+from . import gates, health, hooks, notify, readers, schema, verify
 from .config import Config
 from .errors import (
     GateFailed,
@@ -107,11 +108,16 @@ class PublishResult:
     warnings: list[str] = field(default_factory=list)
     report: gates.GateReport | None = None
     post_swap: gates.GateReport | None = None
+    verification: verify.VerifyReport | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # --dry-run: the candidate against the live release (diff.diff_files)
+    diff: dict[str, Any] | None = None
+    dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome,
+            "dry_run": self.dry_run,
             "release_id": self.release_id,
             "slot": self.slot,
             "sha256": self.sha256,
@@ -123,7 +129,9 @@ class PublishResult:
             "checks": [r.as_dict() for r in self.report.results] if self.report else [],
             "post_swap_checks": (
                 [r.as_dict() for r in self.post_swap.results] if self.post_swap else []),
+            "verify": self.verification.as_dict() if self.verification else None,
             "timings_ms": self.timings_ms,
+            "diff": self.diff,
         }
 
 
@@ -253,6 +261,20 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
                                 reason="publish was interrupted before the swap; live unchanged")
             store.remove_release_files(rel.id)
             notes.append(f"aborted interrupted publish of release {rel.id}")
+    transitions = state.live_transitions()
+    if live_id is not None and transitions and transitions[0].release_id != live_id:
+        # a rollback (or auto-revert) swapped but was killed before writing its event:
+        # record it, so history and the next rollback target agree with the symlink
+        rel = state.release(live_id)
+        if rel is not None and rel.published_at is not None:
+            before = state.release(transitions[0].release_id or 0)
+            action = "auto-revert" if before is not None and before.status == "bad" else (
+                "rollback")
+            with state.transaction():
+                state.add_event(action, actor=actor, outcome="recovered", release_id=live_id,
+                                from_release_id=transitions[0].release_id,
+                                reason=f"{action} was interrupted after the swap; recorded now")
+            notes.append(f"recorded interrupted {action} to release {live_id}")
     for slot in SLOTS:
         files = store.slot_files(slot)
         if len(files) > 1:
@@ -315,9 +337,13 @@ def _ensure_live_is_ours(store: Store) -> None:
 def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: str,
             staged: Staged | None, report: gates.GateReport | None, outcome: str = "rejected",
             note: str | None = None) -> None:
-    """Record a rejected candidate: a release row (status rejected) and one reject event."""
+    """Record a rejected candidate: a release row (status rejected) and one reject event.
+
+    A --dry-run records nothing: it is a question, not an attempt."""
     result.outcome = "rejected"
     result.reasons = reasons
+    if result.dry_run:
+        return
     with ctx.state.transaction():
         rid = ctx.state.add_release(
             sha256=staged.sha256 if staged else "", size=staged.size if staged else 0,
@@ -327,6 +353,67 @@ def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: s
                             reason="; ".join(reasons)[:2000])
     result.release_id = rid
     log.info("rejected %s (release %s): %s", result.source, rid, "; ".join(reasons))
+    _after_reject(ctx, result, outcome)
+
+
+def _after_reject(ctx: Context, result: PublishResult, outcome: str) -> None:
+    """on_reject hooks and the reject notification (neither changes the outcome)."""
+    reason = "; ".join(result.reasons)
+    hooks.run_hooks("on_reject", ctx.config.hooks.on_reject, _env(
+        ctx, "reject", release_id=result.release_id, sha256=result.sha256, slot=result.slot,
+        previous=result.previous_release_id, reason=reason))
+    _announce(ctx, "reject", outcome, release_id=result.release_id, sha256=result.sha256,
+              slot=result.slot, source=result.source, reasons=result.reasons)
+
+
+# -- hooks and notifications --------------------------------------------------
+
+
+def _env(ctx: Context, action: str, *, release_id: int | None, sha256: str | None,
+         slot: str | None, previous: int | None = None,
+         reason: str | None = None) -> dict[str, str]:
+    return hooks.release_env(action=action, live_path=ctx.config.live_path,
+                             release_id=release_id, sha256=sha256, slot=slot,
+                             previous_release_id=previous, reason=reason)
+
+
+def _announce(ctx: Context, action: str, outcome: str, *, release_id: int | None,
+              sha256: str | None = None, slot: str | None = None, source: str | None = None,
+              from_release_id: int | None = None, reasons: list[str] | None = None) -> None:
+    """Webhook notification in the background; a failure is logged, never raised."""
+    if not ctx.config.notify.webhook:
+        return
+    try:
+        notify.send(ctx.config.notify, notify.payload(
+            action, outcome, live_path=str(ctx.config.live_path), reasons=reasons or [],
+            release={"id": release_id, "sha256": sha256, "slot": slot, "source": source,
+                     "from_release_id": from_release_id},
+            live_release_id=ctx.store.live_release_id()))
+    except Exception:  # noqa: BLE001 - a notification never changes an outcome
+        log.exception("could not send the %s notification", action)
+
+
+def _before_swap(ctx: Context, result: PublishResult, rid: int, *, actor: str) -> None:
+    """Run before_swap hooks; a failure stops the publish with nothing swapped."""
+    if not ctx.config.hooks.before_swap:
+        return
+    env = _env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
+               previous=result.previous_release_id)
+    failed = hooks.failures("before_swap", hooks.run_hooks(
+        "before_swap", ctx.config.hooks.before_swap, env, stop_on_failure=True))
+    if not failed:
+        return
+    # the slot still holds the previous idle release (cleared only after the hooks)
+    ctx.store.remove_release_files(rid)
+    with ctx.state.transaction():
+        ctx.state.set_status(rid, "rejected", failed[0][:2000])
+        ctx.state.add_event("reject", actor=actor, outcome="rejected", release_id=rid,
+                            reason=failed[0][:2000])
+    result.outcome, result.reasons = "rejected", failed
+    log.info("rejected %s (release %s): %s", result.source, rid, failed[0])
+    _after_reject(ctx, result, "rejected")
+    raise GateFailed(f"{ctx.config.live_path}: publish stopped, nothing swapped: {failed[0]}",
+                     report=result)
 
 
 def publish(
@@ -339,22 +426,30 @@ def publish(
     strict: bool = False,
     wait_s: float = 0.0,
     progress: ProgressFn | None = None,
+    wait_window: bool = True,
+    allow_contract: bool = False,
 ) -> PublishResult:
+    """wait_window=False (`--no-wait`): accept after the first good verify round.
+
+    allow_contract (`--allow-contract`): let schema contract changes through."""
     with open_store(config) as ctx:
         source = preflight_source(ctx.store, source)
-        result = PublishResult(outcome="rejected", source=str(source.absolute()))
+        result = PublishResult(outcome="rejected", source=str(source.absolute()),
+                               dry_run=dry_run)
         with ctx.store.lock(f"publish {source}", wait_s):
             testpoint("locked")
             reconcile(ctx, actor=actor)
             _ensure_live_is_ours(ctx.store)
             _publish_locked(ctx, source, result, actor=actor, note=note, dry_run=dry_run,
-                            strict=strict, progress=progress)
+                            strict=strict, progress=progress, wait_window=wait_window,
+                            allow_contract=allow_contract)
         return result
 
 
 def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor: str,
                     note: str | None, dry_run: bool, strict: bool,
-                    progress: ProgressFn | None) -> None:
+                    progress: ProgressFn | None, wait_window: bool = True,
+                    allow_contract: bool = False) -> None:
     store, state, config = ctx.store, ctx.state, ctx.config
     timer = _Timer()
     result.timings_ms = timer.marks
@@ -387,6 +482,9 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
             raise GateFailed(reason, report=result)
         baseline = live_rel.check_values() if live_rel else None
         report = gates.run_gates(staged.path, config, baseline)
+        _add_schema_gates(report, staged.path, store.live_target(), config, allow_contract)
+        if dry_run and _structural_ok(report):
+            result.diff = _diff_vs_live(staged.path, source, ctx, live_id)
         result.report = report
         result.warnings = [r.reason() for r in report.warnings()]
         timer.mark("gates")
@@ -409,7 +507,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
             final = store.place(staged, rid)
             ident = FileIdentity.of(final)
             state.set_file_identity(rid, ident.inode, ident.mtime_ns)
-            store.clear_slot(slot, keep=rid)
         except (OSError, StoreIOError) as exc:
             _abort_placed(ctx, rid, actor=actor, error=exc)
             raise
@@ -418,6 +515,12 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     finally:
         store.discard(staged)  # no-op once renamed into place
 
+    _before_swap(ctx, result, rid, actor=actor)
+    try:
+        store.clear_slot(slot, keep=rid)
+    except (OSError, StoreIOError) as exc:
+        _abort_placed(ctx, rid, actor=actor, error=exc)
+        raise
     previous_target = store.live_target()
     store.swap(final)
     timer.mark("swap")
@@ -437,8 +540,12 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         result.reasons = reasons
         log.error("release %s failed its post-swap check, swapped back: %s", rid,
                   "; ".join(reasons))
+        _announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=staged.sha256,
+                  slot=slot, source=result.source, from_release_id=live_id, reasons=reasons)
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
+    _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait_window)
+    timer.mark("verify")
     with state.transaction():
         state.mark_published(rid)
         state.add_event("publish", actor=actor, outcome="published", release_id=rid,
@@ -447,8 +554,76 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     result.outcome = "published"
     log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
              staged.sha256)
+    _announce(ctx, "publish", "published", release_id=rid, sha256=staged.sha256, slot=slot,
+              source=result.source, from_release_id=live_id, reasons=result.warnings)
     prune_archive(ctx)
     timer.mark("record")
+
+
+def _structural_ok(report: gates.GateReport) -> bool:
+    return all(r.outcome == gates.PASS for r in report.results if r.kind in gates.STRUCTURAL)
+
+
+def _add_schema_gates(report: gates.GateReport, path: Path, live: Path | None, config: Config,
+                      allow_contract: bool) -> None:
+    """Schema compatibility with the live release and probe plans (issue 6), once the
+    file is known to be a sound SQLite database."""
+    if _structural_ok(report):
+        report.results.extend(schema.schema_gates(path, live, config,
+                                                  allow_contract=allow_contract))
+
+
+def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
+                  ) -> dict[str, Any] | None:
+    live = ctx.store.live_target()
+    if live is None or live_id is None:
+        return None
+    try:
+        return diffing.diff_files(diffing.Side(staged, str(source)),
+                                  diffing.Side(live, f"release {live_id} (live)", live_id),
+                                  ctx.config)
+    except ReleaserError as exc:  # the gate report says why; the diff is only a view
+        return {"error": exc.message}
+
+
+def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
+                       previous_target: Path | None, *, actor: str, wait: bool) -> None:
+    """after_swap hooks, then the verify window; a failure swaps back (exit 1)."""
+    store, state, config = ctx.store, ctx.state, ctx.config
+    live_id = result.previous_release_id
+    env = _env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
+               previous=live_id)
+    result.warnings += hooks.failures("after_swap", hooks.run_hooks(
+        "after_swap", config.hooks.after_swap, env))
+    if not verify.enabled(config.verify):
+        return
+    report = verify.run_window(config.verify, env, wait=wait)
+    result.verification = report
+    if report.ok:
+        log.info("release %s verified (%d rounds)", rid, report.rounds)
+        return
+    reasons = report.reasons
+    _swap_back(store, previous_target)
+    with state.transaction():
+        state.set_status(rid, "bad", "; ".join(reasons)[:2000])
+        state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
+                        from_release_id=live_id,
+                        reason="verification failed: " + "; ".join(reasons)[:2000])
+    result.outcome, result.reasons = "reverted", reasons
+    # info: the CLI prints the one-line error, the watcher logs its own line
+    log.info("release %s failed verification, swapped back to %s: %s", rid, live_id,
+             "; ".join(reasons))
+    # the app was told about the new file (after_swap): tell it about the old one again
+    back = state.release(live_id) if live_id is not None else None
+    hooks.run_hooks("after_rollback", config.hooks.after_rollback, _env(
+        ctx, "auto-revert", release_id=live_id, sha256=back.sha256 if back else None,
+        slot=store.live_slot(), previous=rid, reason="; ".join(reasons)))
+    _announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=result.sha256,
+              slot=result.slot, source=result.source, from_release_id=live_id,
+              reasons=reasons)
+    raise GateFailed(f"{config.live_path}: verification failed, swapped back to "
+                     f"{'release ' + str(live_id) if live_id else 'nothing'}: {reasons[0]}",
+                     report=result)
 
 
 def _post_swap_check(ctx: Context, expected: Path) -> gates.GateReport:
@@ -479,6 +654,7 @@ def _abort_placed(ctx: Context, rid: int, *, actor: str, error: Exception) -> No
         ctx.state.set_status(rid, "aborted", message[:2000])
         ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
                             reason=message[:2000])
+    _announce(ctx, "reject", "error", release_id=rid, reasons=[message])
 
 
 def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,
@@ -545,16 +721,25 @@ def rollback(
         return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
 
 
+class LiveChanged(ReleaserError):
+    """The live release changed between the failed check and taking the lock."""
+
+
 def revert_live(config: Config, *, actor: str, reasons: list[str],
-                wait_s: float = 0.0) -> RollbackResult | None:
+                wait_s: float = 0.0, expect_live: int | None = None) -> RollbackResult | None:
     """Auto-revert (the monitor): mark the live release bad, go back to the previous good one.
 
     Returns None, leaving the live release in place, when no good release passes its
-    check; never reverts twice away from the same bad release.
+    check; never reverts twice away from the same bad release. expect_live: the release
+    the failed checks saw; if a publish or rollback replaced it meanwhile, raise
+    LiveChanged instead of reverting a release nobody checked.
     """
     with open_store(config) as ctx, ctx.store.lock("auto-revert", wait_s):
         reconcile(ctx, actor=actor)
         live_id = ctx.store.live_release_id()
+        if expect_live is not None and live_id != expect_live:
+            raise LiveChanged(f"live changed from release {expect_live} to {live_id} "
+                              "since the failed check; not reverting")
         if live_id is None:
             return None
         rel = ctx.state.release(live_id)
@@ -570,6 +755,8 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
                 ctx.state.add_event("auto-revert", actor=actor, outcome="no-target",
                                     release_id=None, from_release_id=live_id,
                                     reason=f"{reason}; kept live: {exc.message}"[:2000])
+            _announce(ctx, "auto-revert", "no-target", release_id=live_id,
+                      reasons=[*reasons, f"kept live: {exc.message}"])
             return None
 
 
@@ -606,6 +793,8 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
         with state.transaction():
             state.add_event(action, actor=actor, outcome="refused", release_id=target.id,
                             from_release_id=live_id, reason=problem[:2000])
+        _announce(ctx, action, "refused", release_id=target.id, sha256=target.sha256,
+                  from_release_id=live_id, reasons=[problem])
         raise GateFailed(f"{source}: release {target.id} fails its check, not rolling back: "
                          f"{problem}")
     slot = store.slot_of(source)
@@ -620,6 +809,12 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
         state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
                         from_release_id=live_id, reason=reason)
     log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
+    hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, _env(
+        ctx, action, release_id=target.id, sha256=target.sha256, slot=slot, previous=live_id,
+        reason=reason))
+    _announce(ctx, action, "ok", release_id=target.id, sha256=target.sha256, slot=slot,
+              source=target.source, from_release_id=live_id,
+              reasons=[reason] if reason else [])
     return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
                           slot=slot, sha256=target.sha256, reason=reason,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 3))
@@ -656,13 +851,17 @@ def validate(config: Config, source: Path) -> gates.GateReport:
     if hot:
         raise GateFailed(hot)
     baseline = None
+    live: Path | None = None
     store = Store(config.root, config.live_path)
     if store.exists():
         with open_store(config) as ctx:
             live_id = store.live_release_id()
             live_rel = ctx.state.release(live_id) if live_id else None
             baseline = live_rel.check_values() if live_rel else None
-    return gates.run_gates(source, config, baseline)
+            live = store.live_target() if live_id else None
+    report = gates.run_gates(source, config, baseline)
+    _add_schema_gates(report, source, live, config, allow_contract=False)
+    return report
 
 
 def _release_view(ctx: Context, rid: int | None, slot: str | None) -> dict[str, Any]:
@@ -708,12 +907,95 @@ def status(config: Config) -> dict[str, Any]:
             "lock": store.lock_holder(),
             "archived": sorted(store.archived_ids()),
             "problems": problems,
+            # processes still reading a release other than the live one (did not reopen)
+            "stale_readers": [r.as_dict() for r in readers.stale_readers(store)],
         }
 
 
 def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
     with open_store(config) as ctx:
         return [e.as_dict() for e in ctx.state.events(limit)]
+
+
+# -- releases and diff (issue 6) -----------------------------------------------
+
+
+def releases(config: Config) -> list[dict[str, Any]]:
+    """Every recorded release, newest first; status is live/idle for the two slots."""
+    with open_store(config) as ctx:
+        store = ctx.store
+        live_id = store.live_release_id()
+        idle_ids = set(store.slot_files(store.idle_slot()))
+        out = []
+        for rel in ctx.state.releases():
+            on_disk = _file_of(store, rel.id) is not None
+            shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
+            out.append({
+                "release_id": rel.id,
+                "status": shown,
+                "recorded_status": rel.status,
+                "published_at": rel.published_at,
+                "created_at": rel.created_at,
+                "sha256": rel.sha256 or None,
+                "size": rel.size,
+                "note": rel.note,
+                "source": rel.source,
+                "reason": rel.status_reason,
+                "on_disk": on_disk,
+                # what `rollback --to` accepts
+                "rollback_ok": (rel.status == "good" and on_disk and rel.id != live_id
+                                and rel.published_at is not None),
+            })
+        return out
+
+
+def _side(ctx: Context | None, spec: str) -> diffing.Side:
+    """A file path, else a release id (`3`, `r3`) looked up in the store."""
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            raise UsageError(f"{spec}: is a folder; pass a database file or a release id")
+        return diffing.Side(path, spec)
+    try:
+        rid = parse_release_id(spec)
+    except UsageError:
+        raise UsageError(f"{spec}: no such file, and not a release id (see `releaser "
+                         "releases`)") from None
+    if ctx is None:
+        raise UsageError(f"{spec}: no such file (release ids need a store: run "
+                         "`releaser init`)")
+    rel = ctx.state.release(rid)
+    if rel is None:
+        raise UsageError(f"{spec}: no such file or release; see `releaser releases`")
+    found = _file_of(ctx.store, rid)
+    if found is None:
+        raise UsageError(f"{spec}: release {rid} ({rel.status}) is not on disk any more; "
+                         "diff its build file instead")
+    live_id = ctx.store.live_release_id()
+    tag = " (live)" if rid == live_id else (
+        " (idle)" if rid in ctx.store.slot_files(ctx.store.idle_slot()) else "")
+    return diffing.Side(found, f"release {rid}{tag}", rid)
+
+
+def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
+    """A vs B; B defaults to the live release, A to the idle one (what a rollback does)."""
+    store = Store(config.root, config.live_path)
+    if a is not None and b is not None and Path(a).exists() and Path(b).exists():
+        return diffing.diff_files(_side(None, a), _side(None, b), config)
+    with open_store(config) as ctx:
+        live_id = store.live_release_id()
+        if b is None:
+            if live_id is None:
+                raise UsageError(f"{config.live_path}: nothing is live; pass two files or "
+                                 "release ids")
+            b = str(live_id)
+        if a is None:
+            idle = ctx.store.slot_files(ctx.store.idle_slot())
+            if not idle:
+                raise UsageError(f"{config.root}: the idle slot is empty; pass a file or a "
+                                 "release id to compare with the live release")
+            a = str(max(idle))
+        return diffing.diff_files(_side(ctx, a), _side(ctx, b), config)
 
 
 def check(config: Config, *, actor: str, full_hash: bool = False,
@@ -741,7 +1023,7 @@ def parse_release_id(text: str) -> int:
 
 
 __all__ = [
-    "Context", "PublishResult", "RollbackResult", "check", "history", "init", "open_store",
-    "parse_release_id", "previous_release", "publish", "reconcile", "revert_live", "rollback",
-    "status", "utcnow", "validate",
+    "Context", "PublishResult", "RollbackResult", "check", "diff", "history", "init",
+    "open_store", "parse_release_id", "previous_release", "publish", "reconcile", "releases",
+    "revert_live", "rollback", "status", "utcnow", "validate",
 ]

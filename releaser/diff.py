@@ -1,0 +1,227 @@
+"""What changes between two databases: schema, row counts, checks, categories, probes.
+
+`diff_files(a, b, ...)` compares A (the new side: a candidate, or the release
+you would switch to) with B (the base: normally the live release). Every
+"change" is A minus B, so it reads as "what publishing A over B would do".
+The result is a plain dict (for --json); `render` turns it into a table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import gates, schema
+from .config import Config
+from .db import QueryTimeout, ReadOnlyDB
+from .errors import UsageError
+
+# per-category rows shown for one group_by column; the rest are summed as "(other)"
+MAX_GROUPS = 50
+
+
+@dataclass(frozen=True)
+class Side:
+    path: Path
+    label: str  # "release 3 (live)" or a file path
+    release_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "path": str(self.path), "release_id": self.release_id}
+
+
+def _open(side: Side, config: Config) -> ReadOnlyDB:
+    r = gates.check_file(side.path)
+    if r.outcome != gates.PASS:
+        raise UsageError(f"{side.path}: cannot diff {side.label}: {r.detail}")
+    try:
+        return ReadOnlyDB(side.path, config.gates.query_timeout_ms)
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{side.path}: cannot open {side.label}: {exc}") from None
+
+
+def _change(a: Any, b: Any) -> dict[str, Any]:
+    """A minus B, and the percentage of B, when both are numbers."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+        return {"change": None, "change_pct": None}
+    delta = a - b
+    pct = round(delta / abs(b) * 100, 3) if b else None
+    return {"change": round(delta, 6) if isinstance(delta, float) else delta, "change_pct": pct}
+
+
+def _scalar(db: ReadOnlyDB, sql: str) -> tuple[Any, str | None]:
+    try:
+        return db.scalar(sql), None
+    except (sqlite3.DatabaseError, QueryTimeout) as exc:
+        return None, str(exc)
+
+
+def _tables(sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB, db_: ReadOnlyDB
+            ) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(sa.tables.keys() | sb.tables.keys()):
+        a = schema.row_count(da, name) if name in sa.tables else None
+        b = schema.row_count(db_, name) if name in sb.tables else None
+        out.append({"table": name, "a": a, "b": b, **_change(a, b)})
+    return out
+
+
+def _checks(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, Any]]:
+    out = []
+    for check in config.checks:
+        a, err_a = _scalar(da, check.sql)
+        b, err_b = _scalar(db_, check.sql)
+        row = {"name": check.name, "a": a, "b": b, **_change(a, b)}
+        if err_a or err_b:
+            row["error"] = "; ".join(f"{s}: {e}" for s, e in (("A", err_a), ("B", err_b)) if e)
+        out.append(row)
+    return out
+
+
+def _group_targets(spec: str, sa: schema.Schema, sb: schema.Schema) -> list[tuple[str, str]]:
+    """`table.column` names one column; a bare `column` means every table that has it."""
+    tables = {**sb.tables, **sa.tables}
+    if "." in spec:
+        table, column = spec.split(".", 1)
+        return [(table, column)] if table in tables else []
+    return [(t, spec) for t in sorted(tables) if tables[t].column(spec) is not None]
+
+
+def _counts(db: ReadOnlyDB, s: schema.Schema, table: str, column: str
+            ) -> dict[Any, int] | None:
+    t = s.tables.get(table)
+    if t is None or t.column(column) is None:
+        return None
+    q = schema.quote_ident
+    rows = db.all(f"SELECT {q(column)}, COUNT(*) FROM {q(table)} GROUP BY 1")
+    return {v: n for v, n in rows}
+
+
+def _groups(config: Config, sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB,
+            db_: ReadOnlyDB) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for spec in config.diff.group_by:
+        targets = _group_targets(spec, sa, sb)
+        if not targets:
+            out.append({"column": spec, "rows": [], "error": f"no table has column {spec}"})
+        for table, column in targets:
+            a = _counts(da, sa, table, column)
+            b = _counts(db_, sb, table, column)
+            values = sorted((a or {}).keys() | (b or {}).keys(),
+                            key=lambda v: (-max((a or {}).get(v, 0), (b or {}).get(v, 0)),
+                                           str(v)))
+            rows = []
+            for v in values[:MAX_GROUPS]:
+                na = None if a is None else a.get(v, 0)
+                nb = None if b is None else b.get(v, 0)
+                rows.append({"value": v, "a": na, "b": nb, **_change(na, nb)})
+            rest = values[MAX_GROUPS:]
+            if rest:
+                na = None if a is None else sum(a.get(v, 0) for v in rest)
+                nb = None if b is None else sum(b.get(v, 0) for v in rest)
+                rows.append({"value": f"({len(rest)} other values)", "a": na, "b": nb,
+                             **_change(na, nb)})
+            out.append({"column": f"{table}.{column}", "rows": rows})
+    return out
+
+
+def _probes(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, Any]]:
+    out = []
+    for probe in config.probes:
+        ra = gates.run_probe(da, probe, config.gates.probe_runs)
+        rb = gates.run_probe(db_, probe, config.gates.probe_runs)
+        a = ra.observed if ra.outcome != gates.ERROR else None
+        b = rb.observed if rb.outcome != gates.ERROR else None
+        row = {"name": probe.name, "a": a, "b": b, "budget_ms": probe.budget_ms,
+               **_change(a, b)}
+        errors = [f"{s}: {r.detail}" for s, r in (("A", ra), ("B", rb)) if r.outcome == "error"]
+        if errors:
+            row["error"] = "; ".join(errors)
+        out.append(row)
+    return out
+
+
+def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
+    """Compare A (new) with B (base); see the module docstring."""
+    da = _open(a, config)
+    try:
+        db_ = _open(b, config)
+    except BaseException:
+        da.close()
+        raise
+    with da, db_:
+        try:
+            sa, sb = schema.read_schema(da), schema.read_schema(db_)
+            changes = schema.compare(sb, sa, schema.probe_index_usage(db_, config.probes))
+            return {
+                "a": a.as_dict(),
+                "b": b.as_dict(),
+                "schema": [c.as_dict() for c in changes],
+                "tables": _tables(sa, sb, da, db_),
+                "checks": _checks(config, da, db_),
+                "groups": _groups(config, sa, sb, da, db_),
+                "probes_p95_ms": _probes(config, da, db_),
+            }
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            raise UsageError(f"{a.path} vs {b.path}: cannot compare: {exc}") from None
+
+
+# -- human table ---------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _fmt_change(row: dict[str, Any]) -> str:
+    c = row.get("change")
+    if c is None:
+        return "" if row.get("a") == row.get("b") else "n/a"
+    if c == 0:
+        return "="
+    text = f"{'+' if c > 0 else ''}{_fmt(c)}"
+    if row.get("change_pct") is not None:
+        text += f" ({'+' if row['change_pct'] > 0 else ''}{row['change_pct']:.2f}%)"
+    return text
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """The diff as aligned text lines: B (base) first, then A, then the change."""
+    a, b = doc["a"]["label"], doc["b"]["label"]
+    lines = [f"diff: A = {a}", f"      B = {b}", "", "schema (B -> A):"]
+    if not doc["schema"]:
+        lines.append("  no schema changes")
+    for ch in doc["schema"]:
+        lines.append(f"  {ch['category']:<9} {ch['reason']}")
+
+    def table(title: str, key: str, rows: list[dict[str, Any]]) -> None:
+        lines.append("")
+        lines.append(f"{title:<34} {'B':>14} {'A':>14}  change")
+        for row in rows:
+            name = str(row[key]) if row[key] is not None else "(null)"
+            line = (f"  {name[:32]:<32} {_fmt(row['b']):>14} {_fmt(row['a']):>14}  "
+                    f"{_fmt_change(row)}")
+            if row.get("error"):
+                line += f"  error: {row['error']}"
+            lines.append(line.rstrip())
+
+    table("rows per table", "table", doc["tables"])
+    if doc["checks"]:
+        table("checks", "name", doc["checks"])
+    for group in doc["groups"]:
+        if group.get("error"):
+            lines += ["", f"rows by {group['column']}: {group['error']}"]
+        else:
+            table(f"rows by {group['column']}", "value", group["rows"])
+    if doc["probes_p95_ms"]:
+        table("probes (p95 ms)", "name", doc["probes_p95_ms"])
+    return lines
+
+
+__all__ = ["MAX_GROUPS", "Side", "diff_files", "render"]
