@@ -21,15 +21,17 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import secrets
 import sqlite3
 import stat
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import HEADER_SIZE, parse_header
@@ -76,13 +78,45 @@ def sha256_file(path: Path, progress: ProgressFn | None = None) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A complete, fsynced, read-only copy under a temp name in a slot folder."""
+    """A complete, read-only copy under a temp name in a slot folder.
+
+    Its fsync may still be running in the background (overlapping the gates, which
+    read the copy from the page cache); `Store.place` waits for it before the rename,
+    so only a durable file ever gets a release name.
+    """
 
     path: Path
     slot: str
     sha256: str
     size: int
     method: str  # "copy", "reflink" or "sqlite-backup"
+    fsync: _BackgroundFsync | None = field(default=None, compare=False, repr=False)
+
+    def durable(self) -> None:
+        """Wait for the background fsync; raise StoreIOError if it failed."""
+        if self.fsync is not None:
+            self.fsync.wait(self.path)
+
+
+class _BackgroundFsync:
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="releaser-fsync", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self.fd)
+
+    def wait(self, path: Path) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise _io_error(path, self.error)
 
 
 @dataclass(frozen=True)
@@ -209,7 +243,8 @@ class Store:
         wal = Path(f"{source}-wal")
         if wal.exists() and wal.stat().st_size > 0:
             return self._stage_via_backup(source, slot, progress)
-        return self._stage_copy(source, slot, progress)
+        with _source_read_lock(source):
+            return self._stage_copy(source, slot, progress)
 
     def _stage_copy(self, source: Path, slot: str, progress: ProgressFn | None) -> Staged:
         tmp = self._staging_path(slot)
@@ -231,7 +266,7 @@ class Store:
                     "has finished writing it"
                 )
             os.fchmod(dst_fd, 0o444)
-            os.fsync(dst_fd)
+            syncing = _BackgroundFsync(dst_fd)
         except BaseException as exc:
             if dst_fd >= 0:
                 os.close(dst_fd)
@@ -245,7 +280,8 @@ class Store:
             os.close(src_fd)
             if dst_fd >= 0:
                 os.close(dst_fd)
-        return Staged(path=tmp, slot=slot, sha256=sha, size=copied, method=method)
+        return Staged(path=tmp, slot=slot, sha256=sha, size=copied, method=method,
+                      fsync=syncing)
 
     def _stage_via_backup(self, source: Path, slot: str, progress: ProgressFn | None) -> Staged:
         tmp = self._staging_path(slot)
@@ -271,7 +307,12 @@ class Store:
             sha = sha256_file(tmp, progress)
             size = tmp.stat().st_size
         except sqlite3.Error as exc:
-            remove_quietly(tmp, Path(f"{tmp}-journal"))
+            remove_quietly(tmp, *(Path(f"{tmp}{x}") for x in ("-journal", "-wal", "-shm")))
+            if getattr(exc, "sqlite_errorname", "") in STAGING_WRITE_ERRORS:
+                # the copy could not be written (disk full, file size limit): I/O, exit 5
+                raise StoreIOError(
+                    f"{tmp}: no space left while writing the staged copy ({exc}); free "
+                    "space under the store root and publish again") from None
             raise SourceUnreadable(
                 f"{source}: has a pending write-ahead log that could not be read through "
                 f"SQLite ({exc}); run `sqlite3 {source} 'PRAGMA wal_checkpoint(TRUNCATE)'` "
@@ -283,11 +324,14 @@ class Store:
         return Staged(path=tmp, slot=slot, sha256=sha, size=size, method="sqlite-backup")
 
     def discard(self, staged: Staged) -> None:
+        with suppress(StoreIOError):
+            staged.durable()  # no thread left running on a file we delete
         remove_quietly(staged.path)
 
     def place(self, staged: Staged, release_id: int) -> Path:
         """Rename a staged file into its slot as release-<id>.db and archive it (hard link)."""
         final = self.slot_dir(staged.slot) / release_file_name(release_id)
+        staged.durable()  # the data is on disk before the file gets its release name
         try:
             os.rename(staged.path, final)
             fsync_dir(final.parent)
@@ -431,6 +475,13 @@ class Store:
         return info
 
 
+# SQLite errors that mean the staged copy could not be written, not that the source is bad
+STAGING_WRITE_ERRORS = frozenset({
+    "SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE",
+    "SQLITE_IOERR_DIR_FSYNC", "SQLITE_IOERR_NOMEM", "SQLITE_NOMEM",
+})
+
+
 class SourceChanged(StoreIOError):
     """The candidate was modified while being copied (a gate failure, exit 1)."""
 
@@ -441,6 +492,44 @@ class SourceUnreadable(StoreIOError):
     """SQLite could not read the candidate's WAL (a gate failure, exit 1)."""
 
     exit_code = 1
+
+
+@contextmanager
+def _source_read_lock(source: Path) -> Iterator[None]:
+    """Hold a SQLite read (SHARED) lock on the source while it is raw-copied.
+
+    A writer cannot commit into, or spill its cache into, a file while another
+    process holds SHARED: it waits on its busy timeout. So the copy is one committed
+    state, not a mix torn by a commit (size/mtime checks alone can miss one: mtime
+    is coarse). A file SQLite cannot read is copied unlocked; the gates reject it.
+    Our own fd on the source is closed before this lock is released (POSIX locks drop
+    on any close), which is harmless: the copy is complete by then.
+    """
+    conn = None
+    try:
+        conn = sqlite3.connect(
+            f"file:{urllib.parse.quote(str(source.absolute()))}?mode=ro", uri=True,
+            isolation_level=None, timeout=5.0)
+        conn.execute("BEGIN")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        if conn is not None:
+            conn.close()
+            conn = None
+        if "locked" in str(exc):
+            raise SourceChanged(
+                f"{source}: a writer holds it locked ({exc}); publish it once the build "
+                "has finished writing it") from None
+    except sqlite3.Error:
+        if conn is not None:
+            conn.close()
+            conn = None
+    try:
+        yield
+    finally:
+        if conn is not None:
+            with suppress(sqlite3.Error):
+                conn.close()
 
 
 def _copy_and_hash(src_fd: int, dst_fd: int, progress: ProgressFn | None) -> tuple[str, int, str]:
@@ -473,20 +562,66 @@ def _copy_and_hash(src_fd: int, dst_fd: int, progress: ProgressFn | None) -> tup
         return h.hexdigest(), total, "reflink"
     total = 0
     first = True
-    with os.fdopen(os.dup(src_fd), "rb", buffering=0) as src:
-        while n := src.readinto(buf):
-            chunk = view[:n]
-            if first:
-                _patch_wal_header(chunk)
-                first = False
-            h.update(chunk)
-            written = 0
-            while written < n:
-                written += os.write(dst_fd, chunk[written:])
-            total += n
-            if progress:
-                progress(n)
+    hasher = _HashThread(h)
+    try:
+        with os.fdopen(os.dup(src_fd), "rb", buffering=0) as src:
+            while True:
+                block = hasher.take()
+                n = src.readinto(block)
+                if not n:
+                    break
+                chunk = memoryview(block)[:n]
+                if first:
+                    _patch_wal_header(chunk)
+                    first = False
+                hasher.feed(block, n)  # hashed on the helper thread while we write it
+                written = 0
+                while written < n:
+                    written += os.write(dst_fd, chunk[written:])
+                total += n
+                if progress:
+                    progress(n)
+    finally:
+        hasher.finish()
     return h.hexdigest(), total, "copy"
+
+
+class _HashThread:
+    """sha256 on a helper thread, overlapping the write of the same block.
+
+    Still one pass over the data: each block is read once, then written (this thread)
+    and hashed (the helper) at the same time; hashlib and os.write both release the
+    GIL, so on two cores the copy costs max(write, hash) instead of their sum. A fixed
+    pool of blocks keeps memory flat; a block is reused only once it has been hashed
+    (and written: the writer takes the next block only after writing this one).
+    """
+
+    POOL = 4
+
+    def __init__(self, h: hashlib._Hash) -> None:
+        self.h = h
+        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(self.POOL):
+            self.free.put(bytearray(COPY_CHUNK))
+        self.todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="releaser-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.todo.get()) is not None:
+            block, n = item
+            self.h.update(memoryview(block)[:n])
+            self.free.put(block)
+
+    def take(self) -> bytearray:
+        return self.free.get()
+
+    def feed(self, block: bytearray, n: int) -> None:
+        self.todo.put((block, n))
+
+    def finish(self) -> None:
+        self.todo.put(None)
+        self.thread.join()
 
 
 def _patch_wal_header(first_chunk: memoryview) -> bool:

@@ -1,0 +1,164 @@
+"""Concurrency: 4 publishers, a rollback and a monitor auto-revert at once.
+
+All are real processes (the installed `releaser`, and `releaser.release.revert_live` in
+a Python subprocess as the monitor calls it). They serialise on the store lock: each
+completes or exits 3; history has exactly one event per completed operation and the
+live-making events form one chain (each starts from the release the previous one made
+live); the live symlink, sampled throughout, always names a recorded release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from releaser.sample import write_sample
+from releaser.store import Store
+
+from .conftest import RELEASER_BIN, Env
+from .robust import assert_live_is_recorded_and_sound, leftovers, state_rows
+
+MONITOR = """
+import json, sys
+from releaser.config import load_config
+from releaser.errors import LockBusy
+from releaser.release import revert_live
+try:
+    r = revert_live(load_config(sys.argv[1]), actor="monitor",
+                    reasons=["concurrency test: live failed its checks"],
+                    wait_s=float(sys.argv[2]))
+except LockBusy as exc:
+    print(exc.message, file=sys.stderr)
+    sys.exit(3)
+print(json.dumps(r.as_dict() if r else None))
+"""
+LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("conc-builds")
+    return [write_sample(d / f"b{seed}.db", rows=20_000, seed=seed) for seed in range(1, 8)]
+
+
+@pytest.fixture
+def three_live(env: Env, builds: list[Path]) -> Env:
+    """Three good releases, so a rollback and an auto-revert always have a target."""
+    env.cli("init")
+    for b in builds[:3]:
+        env.cli("publish", str(b))
+    return env
+
+
+class LiveSampler(threading.Thread):
+    """Reads the live symlink as fast as it can: it must always exist."""
+
+    def __init__(self, live: Path) -> None:
+        super().__init__(daemon=True)
+        self.live, self.stop, self.seen, self.errors = live, threading.Event(), set(), []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.seen.add(os.path.basename(os.readlink(self.live)))
+            except OSError as exc:
+                self.errors.append(repr(exc))
+
+
+def _launch(env: Env, builds: list[Path], wait: list[float]) -> list[tuple[str, subprocess.Popen]]:
+    procs: list[tuple[str, subprocess.Popen]] = []
+    base = [str(RELEASER_BIN), "--config", str(env.config)]
+    for i, b in enumerate(builds[3:7]):
+        procs.append(("publish", subprocess.Popen(
+            [*base, "publish", str(b), "--wait", str(wait[i])], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)))
+    procs.append(("rollback", subprocess.Popen(
+        [*base, "rollback", "--reason", "concurrent", "--wait", str(wait[4])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    procs.append(("auto-revert", subprocess.Popen(
+        [sys.executable, "-c", MONITOR, str(env.config), str(wait[5])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    return procs
+
+
+def _check_outcome(env: Env, procs: list[tuple[str, subprocess.Popen]], events_before: int,
+                   sampler: LiveSampler) -> Counter:
+    completed: Counter = Counter()
+    for kind, proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 3), f"{kind} exit {proc.returncode}: {err}"
+        assert "Traceback" not in err
+        if proc.returncode == 0:
+            completed[kind] += 1
+            if kind == "auto-revert":
+                assert json.loads(out) is not None, "auto-revert found no target"
+        else:
+            assert len(err.strip().splitlines()) == 1 and "locked" in err, err
+    sampler.stop.set()
+    sampler.join()
+    assert sampler.errors == []
+
+    events = sorted(env.history(), key=lambda e: e["id"])
+    new = events[events_before:]
+    by_kind = Counter(e["action"] for e in new)
+    assert all(e["outcome"] in ("published", "ok") for e in new), new
+    assert by_kind == completed, f"events {by_kind} != completed {completed}"
+    # one chain: every live-making event starts where the previous one left live
+    live_events = [e for e in events if e["action"] in LIVE_ACTIONS
+                   and e["outcome"] in ("published", "ok", "recovered")]
+    for prev, cur in zip(live_events, live_events[1:], strict=False):
+        if cur["from_release_id"] is not None:
+            assert cur["from_release_id"] == prev["release_id"], (prev, cur)
+    live_id = assert_live_is_recorded_and_sound(env)
+    assert live_events[-1]["release_id"] == live_id
+    recorded = {r[0] for r in state_rows(env, "SELECT id FROM releases WHERE published_at "
+                                              "IS NOT NULL")}
+    seen_ids = {int(name.split("-")[1].split(".")[0]) for name in sampler.seen}
+    assert seen_ids <= recorded, f"live showed unrecorded releases {seen_ids - recorded}"
+    assert leftovers(env) == []
+    assert env.cli_json("status")["lock"] is None
+    return completed
+
+
+def test_six_operations_at_once_all_wait_and_serialise(three_live: Env,
+                                                       builds: list[Path]) -> None:
+    env = three_live
+    events_before = len(env.history())
+    sampler = LiveSampler(env.live)
+    sampler.start()
+    procs = _launch(env, builds, wait=[120] * 6)
+    completed = _check_outcome(env, procs, events_before, sampler)
+    assert completed == Counter({"publish": 4, "rollback": 1, "auto-revert": 1})
+    # the auto-reverted release is marked bad and is not live
+    bad = state_rows(env, "SELECT id FROM releases WHERE status='bad'")
+    assert len(bad) == 1 and bad[0][0] != env.status()["live"]["release_id"]
+
+
+def test_no_wait_operations_exit_3_while_the_lock_is_held(three_live: Env,
+                                                          builds: list[Path]) -> None:
+    """Half the operations do not wait: while another holder has the lock they exit 3
+    and record nothing; the waiting half completes once it is free."""
+    env = three_live
+    events_before = len(env.history())
+    sampler = LiveSampler(env.live)
+    sampler.start()
+    waits = [0, 120, 0, 120, 0, 120]  # publishers 1 and 3 and the rollback give up
+    store = Store(env.root, env.live)
+    with store.lock("test holder"):
+        procs = _launch(env, builds, wait=waits)
+        for (kind, proc), w in zip(procs, waits, strict=True):
+            if w == 0:
+                proc.wait(timeout=60)
+                assert proc.returncode == 3, kind
+        time.sleep(0.2)
+        assert all(p.poll() is None for (_, p), w in zip(procs, waits, strict=True) if w)
+    completed = _check_outcome(env, procs, events_before, sampler)
+    assert completed == Counter({"publish": 2, "auto-revert": 1})

@@ -1,0 +1,201 @@
+"""Crash safety: SIGKILL `releaser publish` / `releaser rollback` anywhere.
+
+At each named step (RELEASER_TEST_PAUSE_AT pauses the process there) and at random
+delays across whole runs. After every kill: live_path opens and passes quick_check
+(the sqlite3 CLI), points at a release recorded in state.db, `status` works, the next
+operation cleans the leftovers, and the next publish succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from releaser.sample import write_sample
+
+from .conftest import RELEASER_BIN, Env
+from .robust import assert_live_is_recorded_and_sound, leftovers, sha256, state_rows
+
+ROWS = 40_000
+PUBLISH_STEPS = ["locked", "staged", "gated", "placed", "swapped", "recorded"]
+ROLLBACK_STEPS = ["locked", "rollback_ready", "rollback_swapped"]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three good, distinct builds of the same size (they pass each other's change gates)."""
+    d = tmp_path_factory.mktemp("crash-builds")
+    return [write_sample(d / f"build-{seed}.db", rows=ROWS, seed=seed) for seed in (1, 2, 3)]
+
+
+@pytest.fixture
+def live_store(env: Env, builds: list[Path]) -> Env:
+    env.cli("init")
+    env.cli("publish", str(builds[0]))
+    env.cli("publish", str(builds[1]))
+    return env
+
+
+def _start(env: Env, *args: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:
+    extra = {"RELEASER_TEST_PAUSE_AT": pause_at} if pause_at else {}
+    return subprocess.Popen(
+        [str(RELEASER_BIN), "--config", str(env.config), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **extra})
+
+
+def _kill_at(env: Env, step: str, *args: str) -> None:
+    """Run until the process reports it paused at `step`, then SIGKILL it."""
+    proc = _start(env, *args, pause_at=step)
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"releaser-testpoint: " + step.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never reached {step}: {seen!r}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        if ready and not chunk:
+            proc.wait()
+            pytest.fail(f"exited {proc.returncode} before reaching {step}: {seen!r}")
+        seen += chunk
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _candidate(env: Env, builds: list[Path], rng: random.Random) -> Path:
+    """A build whose content is not the live release (identical ones are rejected)."""
+    live_sha = sha256(env.live)
+    return rng.choice([b for b in builds if sha256(b) != live_sha])
+
+
+def _after_kill(env: Env) -> int:
+    """The invariants that must hold right after any kill, before any repair."""
+    rid = assert_live_is_recorded_and_sound(env)
+    status = env.cli_json("status")
+    assert status["live"]["release_id"] == rid
+    assert status["lock"] is None  # the kernel dropped the dead holder's flock
+    return rid
+
+
+def _next_publish_repairs(env: Env, builds: list[Path], rng: random.Random) -> int:
+    """The next operation cleans up and the next publish succeeds."""
+    cand = _candidate(env, builds, rng)
+    out = env.cli_json("publish", str(cand))
+    assert out["outcome"] == "published"
+    assert leftovers(env) == []
+    for slot in ("blue", "green"):
+        assert len(os.listdir(env.root / "slots" / slot)) <= 1
+    rid = assert_live_is_recorded_and_sound(env)
+    assert rid == out["release_id"] and sha256(env.live) == sha256(cand)
+    _history_matches_symlink(env)
+    return rid
+
+
+def _history_matches_symlink(env: Env) -> None:
+    """The newest live-making event names the release the symlink points at, and every
+    release that history says went live is a recorded, published one."""
+    events = env.history()
+    live_events = [e for e in events if e["action"] in ("init", "publish", "rollback",
+                                                        "auto-revert")
+                   and e["outcome"] in ("published", "ok", "recovered")]
+    assert live_events[0]["release_id"] == env.status()["live"]["release_id"]
+    for e in live_events:
+        (published_at,) = state_rows(env, "SELECT published_at FROM releases WHERE id=?",
+                                     (e["release_id"],))[0]
+        assert published_at is not None
+
+
+@pytest.mark.parametrize("step", PUBLISH_STEPS)
+def test_sigkill_publish_at_each_step(live_store: Env, builds: list[Path], step: str) -> None:
+    env = live_store
+    rng = random.Random(step)
+    before_id = env.status()["live"]["release_id"]
+    cand = builds[2]
+    _kill_at(env, step, "publish", str(cand))
+    rid = _after_kill(env)
+    if step in ("swapped", "recorded"):
+        assert rid != before_id and sha256(env.live) == sha256(cand)
+    else:
+        assert rid == before_id
+    _next_publish_repairs(env, builds, rng)
+    events = env.history()
+    if step == "swapped":  # swapped, not recorded: reconcile records it
+        assert any(e["action"] == "publish" and e["outcome"] == "recovered" for e in events)
+    if step == "placed":  # placed, never live: reconcile aborts it and drops its files
+        aborted = state_rows(env, "SELECT id FROM releases WHERE status='aborted'")
+        assert len(aborted) == 1
+        assert not list(env.root.rglob(f"release-{aborted[0][0]}.db"))
+
+
+@pytest.mark.parametrize("step", ROLLBACK_STEPS)
+def test_sigkill_rollback_at_each_step(live_store: Env, builds: list[Path], step: str) -> None:
+    env = live_store
+    before = env.status()
+    _kill_at(env, step, "rollback", "--reason", "crash test")
+    rid = _after_kill(env)
+    if step == "rollback_swapped":
+        assert rid == before["rollback_target"]
+    else:
+        assert rid == before["live"]["release_id"]
+    # the next operation sees the truth: a second rollback does not go "back" to the
+    # release that was rolled away from
+    status = env.status()
+    if step == "rollback_swapped":
+        env.cli("rollback", expect=None)
+        assert env.status()["live"]["release_id"] != before["live"]["release_id"]
+        assert any(e["outcome"] == "recovered" for e in env.history())
+    else:
+        assert status["rollback_target"] == before["rollback_target"]
+    _next_publish_repairs(env, builds, random.Random(step))
+
+
+def _calibrate(env: Env, builds: list[Path], rng: random.Random) -> float:
+    t0 = time.monotonic()
+    proc = _start(env, "publish", str(_candidate(env, builds, rng)))
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return time.monotonic() - t0
+
+
+def _random_kills(env: Env, builds: list[Path], trials: int, seed: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    duration = _calibrate(env, builds, rng)
+    outcomes = {"killed": 0, "finished": 0}
+    for trial in range(trials):
+        if trial % 3 == 2:
+            args = ["rollback", "--reason", f"trial {trial}"]
+        else:
+            args = ["publish", str(_candidate(env, builds, rng))]
+        proc = _start(env, *args)
+        time.sleep(rng.uniform(0, duration * 1.1))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert b"Traceback" not in err
+        if proc.returncode == -signal.SIGKILL:
+            outcomes["killed"] += 1
+        else:
+            outcomes["finished"] += 1
+            assert proc.returncode in (0, 4), err
+        _after_kill(env)
+        _next_publish_repairs(env, builds, rng)
+    return outcomes
+
+
+def test_sigkill_at_random_delays(live_store: Env, builds: list[Path]) -> None:
+    outcomes = _random_kills(live_store, builds, trials=15, seed=1)
+    assert outcomes["killed"] >= 5, outcomes
+
+
+@pytest.mark.stress
+def test_sigkill_at_random_delays_stress(live_store: Env, builds: list[Path]) -> None:
+    outcomes = _random_kills(live_store, builds, trials=60, seed=2)
+    assert outcomes["killed"] >= 30, outcomes
