@@ -12,6 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,22 +290,58 @@ def _structural(path: Path, config: Config, report: GateReport,
 
 
 def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = None) -> GateReport:
-    """All gates on one file (the staged copy). baseline: the live release's check values."""
+    """All gates on one file (the staged copy). baseline: the live release's check values.
+
+    The [[checks]] usually scan the whole table, as the integrity pass does; both only
+    read the same immutable file, so the checks run on a second connection in a
+    thread while the structural gates run (sqlite3 releases the GIL while a statement
+    steps), using a second core. Their results count only once the structural gates
+    pass; on a structural failure they are interrupted and dropped. Probes run last,
+    alone, so their timings are not inflated by the scans.
+    """
     report = GateReport(path=str(path))
     gates = config.gates
-    db = _structural(path, config, report, [
-        lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms),
-        check_foreign_keys,
-        lambda d: check_required_schema(d, gates.required),
-    ])
-    if db is None:
+    checks_db = _open_for_checks(path, config)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="releaser-checks")
+    checks: Future[list[GateResult]] | None = None
+    if checks_db is not None:
+        checks = pool.submit(_run_checks, checks_db, config, baseline)
+    try:
+        db = _structural(path, config, report, [
+            lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms),
+            check_foreign_keys,
+            lambda d: check_required_schema(d, gates.required),
+        ])
+        if db is None:
+            if checks_db is not None:
+                checks_db.conn.interrupt()
+            return report
+        with db:
+            if checks is not None:
+                report.results.extend(checks.result())
+            else:
+                report.results.extend(_run_checks(db, config, baseline))
+            for probe in config.probes:
+                report.results.append(run_probe(db, probe, gates.probe_runs))
         return report
-    with db:
-        for check in config.checks:
-            report.results.append(run_check(db, check, (baseline or {}).get(check.name)))
-        for probe in config.probes:
-            report.results.append(run_probe(db, probe, gates.probe_runs))
-    return report
+    finally:
+        pool.shutdown(wait=True)
+        if checks_db is not None:
+            checks_db.close()
+
+
+def _open_for_checks(path: Path, config: Config) -> ReadOnlyDB | None:
+    if not config.checks or check_file(path).outcome != PASS:
+        return None
+    try:
+        return open_candidate(path, config)
+    except sqlite3.DatabaseError:
+        return None  # the structural gates will say why
+
+
+def _run_checks(db: ReadOnlyDB, config: Config,
+                baseline: dict[str, float] | None) -> list[GateResult]:
+    return [run_check(db, c, (baseline or {}).get(c.name)) for c in config.checks]
 
 
 def quick_structural_check(path: Path, config: Config) -> GateReport:
