@@ -411,3 +411,14 @@ def test_io_error_is_one_line_exit_5_cleans_up_and_traceback_with_debug(
 @pytest.mark.parametrize(("text", "rid"), [("7", 7), ("r7", 7), ("release-7.db", 7)])
 def test_parse_release_id(text: str, rid: int) -> None:
     assert parse_release_id(text) == rid
+
+
+def test_failed_dry_run_records_nothing(published: Env) -> None:
+    before = published.snapshot()
+    events = published.history()
+    empty = published.make_db("empty.db", sql="DELETE FROM tags_final;")
+    doc = published.cli_json("publish", str(empty), "--dry-run", expect=1)
+    assert doc["outcome"] == "rejected" and doc["dry_run"] is True
+    assert any("rows" in r for r in doc["reasons"])
+    assert published.history() == events
+    assert published.snapshot() == before
