@@ -49,12 +49,19 @@ clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache
 
 # Units into /etc/systemd/system, the default config into /etc/releaser (never
-# overwritten), and the `releaser` system user. The units run
-# /opt/releaser/.venv/bin/releaser: check the repo out at /opt/releaser and `make venv`.
-# DESTDIR=/some/dir installs into a staging tree (no user, no daemon-reload).
+# overwritten), the `releaser` system user, and releaser itself into its own venv at
+# /opt/releaser/.venv (what the units' ExecStart runs).
+# DESTDIR=/some/dir installs units and config into a staging tree (no user, no venv,
+# no daemon-reload).
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 RELEASER_CONF_DIR ?= /etc/releaser
+RELEASER_PREFIX ?= /opt/releaser
 install-systemd:
+	@if [ -z "$(DESTDIR)" ]; then \
+	    echo "installing releaser into $(RELEASER_PREFIX)/.venv"; \
+	    $(PYTHON) -m venv $(RELEASER_PREFIX)/.venv && \
+	    $(RELEASER_PREFIX)/.venv/bin/pip install --quiet --upgrade . ; \
+	fi
 	@if [ -z "$(DESTDIR)" ] && ! getent passwd releaser >/dev/null; then \
 	    echo "creating system user releaser"; \
 	    useradd --system --user-group --home-dir /var/lib/releaser --no-create-home \
