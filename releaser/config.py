@@ -180,7 +180,9 @@ class HttpProbe:
 
 
 @dataclass(frozen=True)
-class ExecProbe:
+class Command:
+    """An argv list run without a shell, under a time limit."""
+
     argv: tuple[str, ...]
     timeout_s: float = 30.0
 
@@ -189,6 +191,10 @@ class ExecProbe:
             raise ValueError("argv must not be empty")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+class ExecProbe(Command):
+    """[[verify.exec]]: exit 0 means the app is healthy on the new release."""
 
 
 @dataclass(frozen=True)
@@ -206,16 +212,8 @@ class Verify:
             raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
 
 
-@dataclass(frozen=True)
-class Hook:
-    argv: tuple[str, ...]
-    timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not self.argv:
-            raise ValueError("argv must not be empty")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+class Hook(Command):
+    """[hooks]: run at a step of publish/rollback with RELEASER_* in the environment."""
 
 
 @dataclass(frozen=True)

@@ -288,14 +288,23 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
 # -- publish ---------------------------------------------------------------
 
 
-def preflight_source(store: Store, source: Path) -> Path:
-    """Path-level checks on the candidate (exit 2): the gates check the content."""
+def check_source_path(source: Path) -> None:
+    """Path-level checks on a database to read (exit 2): the gates check the content."""
     if source.is_symlink() and not source.exists():
         raise UsageError(f"{source}: is a dangling symlink (points to {os.readlink(source)})")
     if not source.exists():
         raise UsageError(f"{source}: no such file; pass the path of the built database")
     if source.is_dir():
         raise UsageError(f"{source}: is a folder; pass the database file inside it")
+    if not os.access(source, os.R_OK):
+        raise UsageError(f"{source}: permission denied; make it readable by this user")
+    if not source.is_file():
+        raise UsageError(f"{source}: is not a regular file")
+
+
+def preflight_source(store: Store, source: Path) -> Path:
+    """check_source_path, and the candidate must not be the live release or in the store."""
+    check_source_path(source)
     if source.absolute() == store.live_path.absolute() or (
             store.live_path.exists() and source.resolve() == store.live_path.resolve()):
         raise UsageError(f"{source}: is the live release itself; publish a new build instead")
@@ -303,10 +312,6 @@ def preflight_source(store: Store, source: Path) -> Path:
         raise UsageError(
             f"{source}: is inside the releaser store ({store.root}); publish a build from "
             "outside it, or use `releaser rollback --to ID` for an earlier release")
-    if not os.access(source, os.R_OK):
-        raise UsageError(f"{source}: permission denied; make it readable by this user")
-    if not source.is_file():
-        raise UsageError(f"{source}: is not a regular file")
     return source
 
 
@@ -839,14 +844,7 @@ def _target_problem(ctx: Context, target: Release, path: Path) -> str | None:
 
 def validate(config: Config, source: Path) -> gates.GateReport:
     """Run the gates on a file without publishing (read-only; no lock needed)."""
-    if source.is_symlink() and not source.exists():
-        raise UsageError(f"{source}: is a dangling symlink (points to {os.readlink(source)})")
-    if not source.exists():
-        raise UsageError(f"{source}: no such file")
-    if source.is_dir():
-        raise UsageError(f"{source}: is a folder; pass the database file inside it")
-    if not os.access(source, os.R_OK):
-        raise UsageError(f"{source}: permission denied; make it readable by this user")
+    check_source_path(source)
     hot = _hot_journal(source)
     if hot:
         raise GateFailed(hot)

@@ -343,31 +343,15 @@ class Store:
     def archive(self, path: Path, release_id: int) -> None:
         """Hard-link a release file into the archive: O(1), no second copy on disk."""
         dest = self.archive_file(release_id)
-        if dest.exists():
-            return
-        tmp = self.archive_dir / f"{STAGING_PREFIX}{release_id}-{secrets.token_hex(4)}"
-        try:
-            os.link(path, tmp)
-            os.replace(tmp, dest)
-            fsync_dir(self.archive_dir)
-        except OSError as exc:
-            remove_quietly(tmp)
-            raise _io_error(dest, exc) from None
+        if not dest.exists():
+            tmp = self.archive_dir / f"{STAGING_PREFIX}{release_id}-{secrets.token_hex(4)}"
+            _link_atomically(path, tmp, dest)
 
     def restore_from_archive(self, release_id: int, slot: str) -> Path:
         """Put an archived release into a slot by hard link: O(1) whatever its size."""
-        src = self.archive_file(release_id)
         final = self.slot_dir(slot) / release_file_name(release_id)
-        if final.exists():
-            return final
-        tmp = self._staging_path(slot)
-        try:
-            os.link(src, tmp)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            remove_quietly(tmp)
-            raise _io_error(final, exc) from None
+        if not final.exists():
+            _link_atomically(self.archive_file(release_id), self._staging_path(slot), final)
         return final
 
     def clear_slot(self, slot: str, keep: int) -> None:
@@ -633,6 +617,17 @@ def _patch_wal_header(first_chunk: memoryview) -> bool:
     first_chunk[18] = 1
     first_chunk[19] = 1
     return True
+
+
+def _link_atomically(src: Path, tmp: Path, dest: Path) -> None:
+    """A new name for an existing file: link under a temp name, rename, fsync the folder."""
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise _io_error(dest, exc) from None
 
 
 def _io_error(path: Path, exc: OSError) -> StoreIOError:
