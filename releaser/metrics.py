@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from . import release
+from . import readers, release
 from .config import Config
 from .errors import ReleaserError
 from .state import StateDB
@@ -153,6 +153,11 @@ class ReleaserCollector(Collector):
             if rel is not None:
                 info.add_metric([str(rel.id), rel.sha256, store.live_slot() or ""], {})
             yield info
+            # an app that did not reopen live_path after a swap still reads an old release
+            yield GaugeMetricFamily(
+                "releaser_stale_readers",
+                "Processes holding a release file other than the live one open.",
+                value=len(readers.stale_readers(store)))
             for name, (doc, parts) in EVENT_COUNTERS.items():
                 total = sum(state.count_events(action, outcomes) for action, outcomes in parts)
                 yield CounterMetricFamily(name, doc, value=total)

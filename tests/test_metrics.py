@@ -52,6 +52,7 @@ def test_counters_come_from_the_event_log(published: Env) -> None:
     assert m["releaser_publish_failures_total"] == 1
     assert m["releaser_rollbacks_total"] == 1
     assert m["releaser_auto_reverts_total"] == 0
+    assert m["releaser_stale_readers"] == 0
     sha1 = env.status()["live"]["sha256"]
     assert m[f'releaser_live_release_info{{release_id="1",sha256="{sha1}",slot="blue"}}'] == 1
     # another process (a restarted monitor) reads the same totals: they survive restarts
@@ -186,7 +187,7 @@ def _metric_names(expr: str) -> set[str]:
 
 def test_alerts_and_dashboard_use_exported_metrics() -> None:
     exported = NAMES | {"releaser_live_critical", "releaser_health_check_consecutive_failures",
-                        "releaser_probe_query_duration_seconds_bucket"}
+                        "releaser_probe_query_duration_seconds_bucket", "releaser_stale_readers"}
     alert_names = _metric_names(ALERTS.read_text())
     assert alert_names and alert_names <= exported, alert_names - exported
     assert DASHBOARDS, "no Grafana dashboard in config/grafana"

@@ -300,10 +300,21 @@ def test_stale_reader_of_the_previous_release_shows_in_status(published: Env) ->
         assert "sqlite3" in stale[0]["command"]
         text = published.cli("status").stdout
         assert f"stale reader: pid {reader.pid}" in text
+        assert _stale_metric(published) == 1  # and on the monitor's /metrics
     finally:
         reader.kill()
         reader.wait()
     assert published.status()["stale_readers"] == []
+    assert _stale_metric(published) == 0
+
+
+def _stale_metric(env: Env) -> float:
+    from releaser.config import load_config
+    from releaser.metrics import CheckStats, Metrics
+    from tests.monitorproc import parse_metrics
+
+    body, _ = Metrics(load_config(env.config), CheckStats()).exposition()
+    return parse_metrics(body.decode())["releaser_stale_readers"]
 
 
 def test_documented_optional_sections_parse(tmp_path: Path) -> None:
