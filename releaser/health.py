@@ -77,7 +77,7 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
     if release is None:
         report.reasons.append(f"live release {rid} has no record in {state.path}")
         return report
-    if not _identity_ok(report, store.live_path, release):
+    if not _identity_ok(report, store.live_path, release, state):
         return report
 
     file_result = gates.check_file(store.live_path)
@@ -115,25 +115,39 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
     return report
 
 
-def _identity_ok(report: HealthReport, live_path: Path, release: Release) -> bool:
-    """Same file as recorded? size, inode and mtime: O(1), catches replacement and rewrites."""
-    try:
-        st = live_path.stat()
-    except FileNotFoundError:
+def _identity_ok(report: HealthReport, live_path: Path, release: Release,
+                 state: StateDB) -> bool:
+    if not live_path.exists():
         report.reasons.append(f"{live_path} points at a missing file (release {release.id})")
         return False
-    except OSError as exc:
-        report.reasons.append(f"{live_path}: {exc.strerror}")
-        return False
-    changed = []
-    if st.st_size != release.size:
-        changed.append(f"size {release.size} -> {st.st_size}")
-    if release.inode is not None and st.st_ino != release.inode:
-        changed.append("inode differs")
-    if release.mtime_ns is not None and st.st_mtime_ns != release.mtime_ns:
-        changed.append("mtime differs")
-    if changed:
-        report.reasons.append(
-            f"live file is not release {release.id} as recorded ({', '.join(changed)})")
+    problem = identity_problem(live_path, release, state)
+    if problem:
+        report.reasons.append(f"live file is not release {release.id} as recorded ({problem})")
         return False
     return True
+
+
+def identity_problem(path: Path, release: Release, state: StateDB) -> str | None:
+    """Is path still the recorded release file? None when it is.
+
+    O(1) normally: size, inode and mtime against the record. When only the inode or
+    mtime moved with the size unchanged (a store restored from backup or copied with
+    `cp -a`), the sha256 decides, and a match is recorded so the next check is O(1)
+    again; a different file of the same size fails on its hash.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    if st.st_size != release.size:
+        return f"size {release.size} -> {st.st_size}"
+    if release.inode is None or (st.st_ino, st.st_mtime_ns) == (release.inode,
+                                                                release.mtime_ns):
+        return None
+    digest = sha256_file(path)
+    if digest != release.sha256:
+        return (f"inode/mtime and sha256 differ: {digest[:12]}… is not "
+                f"{release.sha256[:12]}…; it was replaced or modified")
+    with state.transaction():
+        state.set_file_identity(release.id, st.st_ino, st.st_mtime_ns)
+    return None

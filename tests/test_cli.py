@@ -422,3 +422,33 @@ def test_failed_dry_run_records_nothing(published: Env) -> None:
     assert any("rows" in r for r in doc["reasons"])
     assert published.history() == events
     assert published.snapshot() == before
+
+
+def test_restored_store_checks_healthy_and_rolls_back(published: Env) -> None:
+    """A store copied with `cp -a` (new inodes) is still the same releases: the hash decides
+    once, then the new identity is recorded; a same-size different file still fails."""
+    new_root = published.tmp / "restored"
+    subprocess.run(["cp", "-a", str(published.root), str(new_root)], check=True)
+    target = Path(os.readlink(published.live))
+    new_live = published.tmp / "app2" / "tags.db"
+    new_live.parent.mkdir()
+    os.symlink(new_root / target.relative_to(published.root), new_live)
+    restored = Env(tmp=published.tmp, config=published.tmp / "restored.toml", live=new_live,
+                   root=new_root)
+    restored.write_config()
+    assert restored.cli_json("check")["ok"] is True
+    conn = sqlite3.connect(new_root / "state.db")
+    recorded = conn.execute("SELECT inode FROM releases WHERE id = 2").fetchone()[0]
+    conn.close()
+    assert recorded == new_live.stat().st_ino  # next checks are O(1) again
+    assert restored.cli_json("rollback")["release_id"] == 1
+
+    # same size, different bytes, new inode: the hash says no
+    idle = new_root / "slots" / "green" / "release-2.db"
+    data = bytearray(idle.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(idle, 0o644)
+    idle.unlink()
+    idle.write_bytes(bytes(data))
+    result = restored.cli("rollback", "--to", "2", expect=1)
+    assert "sha256 differ" in result.stderr
