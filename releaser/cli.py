@@ -9,9 +9,12 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import signal
+import sqlite3
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +63,20 @@ class ReleaserGroup(click.Group):
             if _debug(ctx):
                 raise
             raise _click_error(exc.message, exc.exit_code) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C, SIGTERM or SIGHUP: the pipeline already put live back as it was
+            raise _click_error("interrupted; live is as it was before this command "
+                               "(see `releaser history`)", EXIT_INTERRUPTED) from None
+        except sqlite3.Error as exc:
+            # anything SQLite that escapes the gates is about state.db (e.g. locked)
+            if _debug(ctx):
+                raise
+            settings = ctx.find_object(Settings)
+            where = (settings.config.root / "state.db") if settings else "state.db"
+            raise _click_error(f"{where}: {exc}; retry, or see who holds it with "
+                               "`fuser`", EXIT_IO) from None
         except OSError as exc:
             if _debug(ctx):
                 raise
@@ -73,6 +88,27 @@ class ReleaserGroup(click.Group):
             raise _click_error(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
                 "traceback)", EXIT_IO) from None
+
+
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, so a publish or
+    rollback cut short can undo an unverified swap on its way out."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -241,7 +277,7 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
     bar_cm: AbstractContextManager[Any] = nullcontext(None)
     if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES and not as_json:
         bar_cm = click.progressbar(length=size, label="staging", file=sys.stderr)
-    with bar_cm as bar:
+    with bar_cm as bar, interrupt_on_signals():
         progress: Callable[[int], None] | None = bar.update if bar is not None else None
         try:
             result = release.publish(config, db, actor=actor(), note=note, dry_run=dry_run,
@@ -265,7 +301,7 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
     if result.outcome == "validated":
         click.echo(f"dry run: {db} passes all gates; nothing was published")
         return
-    prev = result.previous_release_id
+    prev = result.rollback_target
     click.echo(
         f"published release {result.release_id} to slot {result.slot} "
         f"(sha256 {result.sha256[:12] if result.sha256 else '?'}…) in "

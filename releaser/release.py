@@ -23,6 +23,7 @@ from typing import Any
 from . import diff as diffing
 from . import gates, health, hooks, notify, readers, schema, verify
 from .config import Config
+from .db import read_header
 from .errors import (
     GateFailed,
     NothingToRollback,
@@ -40,6 +41,7 @@ from .store import (
     SourceUnreadable,
     Staged,
     Store,
+    fsync_dir,
     release_id_of,
     sha256_file,
 )
@@ -104,6 +106,8 @@ class PublishResult:
     sha256: str | None = None
     size: int | None = None
     previous_release_id: int | None = None
+    # what `releaser rollback` would put back now (None: nothing)
+    rollback_target: int | None = None
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     report: gates.GateReport | None = None
@@ -124,6 +128,7 @@ class PublishResult:
             "size": self.size,
             "source": self.source,
             "previous_release_id": self.previous_release_id,
+            "rollback_target": self.rollback_target,
             "reasons": self.reasons,
             "warnings": self.warnings,
             "checks": [r.as_dict() for r in self.report.results] if self.report else [],
@@ -208,9 +213,16 @@ def _adopt(ctx: Context, actor: str) -> dict[str, Any]:
         raise UsageError(
             f"{live}: has a pending write-ahead log ({wal}); stop its writer or run "
             f"`sqlite3 {live} 'PRAGMA wal_checkpoint(TRUNCATE)'`, then run init again")
+    hot = _hot_journal(live)
+    if hot:
+        raise UsageError(hot.replace("publish again", "run init again"))
+    header = read_header(live)
     report = gates.run_gates(live, config)
     slot = SLOTS[0]
-    if os.stat(live).st_dev == os.stat(store.slot_dir(slot)).st_dev:
+    # a WAL-mode file gets a converted copy (rollback-journal mode, like every release);
+    # any other file keeps its inode
+    if (header is not None and not header.wal_mode
+            and os.stat(live).st_dev == os.stat(store.slot_dir(slot)).st_dev):
         # same filesystem: a hard link keeps the app's inode, no copy needed
         staged_path = store.slot_dir(slot) / f"{STAGING_PREFIX}adopt-{os.getpid()}.db"
         os.link(live, staged_path)
@@ -248,12 +260,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
         if rel.published_at is not None:
             continue
         if rel.id == live_id:
-            # swapped but not recorded: the symlink is the truth, write the record
-            with state.transaction():
-                state.mark_published(rel.id)
-                state.add_event("publish", actor=actor, outcome="recovered", release_id=rel.id,
-                                reason="publish was interrupted after the swap; recorded now")
-            notes.append(f"recorded interrupted publish of release {rel.id}")
+            notes.append(_recover_unrecorded_publish(ctx, rel, actor=actor))
         else:
             with state.transaction():
                 state.set_status(rel.id, "aborted", "publish interrupted before the swap")
@@ -261,7 +268,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
                                 reason="publish was interrupted before the swap; live unchanged")
             store.remove_release_files(rel.id)
             notes.append(f"aborted interrupted publish of release {rel.id}")
-    transitions = state.live_transitions()
+    transitions = state.live_transitions(limit=1)
     if live_id is not None and transitions and transitions[0].release_id != live_id:
         # a rollback (or auto-revert) swapped but was killed before writing its event:
         # record it, so history and the next rollback target agree with the symlink
@@ -278,11 +285,48 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
     for slot in SLOTS:
         files = store.slot_files(slot)
         if len(files) > 1:
-            keep = live_id if live_id in files else max(files)
+            # the live one, else the newest good published one (an aborted file that
+            # came back after a power loss must not push out the previous idle release)
+            good = [rid for rid in files
+                    if (r := state.release(rid)) and r.status == "good" and r.published_at]
+            keep = live_id if live_id in files else max(good or files)
             store.clear_slot(slot, keep)
     for note in notes:
         log.warning("reconcile: %s", note)
     return notes
+
+
+def _recover_unrecorded_publish(ctx: Context, rel: Release, *, actor: str) -> str:
+    """A publish killed (SIGKILL, power loss) after its swap, before the record.
+
+    The symlink is the truth, but the release was never checked through it: run the
+    O(1) post-swap check now; keep and record it if it passes, else swap back.
+    """
+    store, state = ctx.store, ctx.state
+    previous = next(iter(state.live_transitions(limit=1)), None)
+    post = gates.quick_structural_check(store.live_path, ctx.config)
+    if post.passed():
+        with state.transaction():
+            state.mark_published(rel.id)
+            state.add_event(
+                "publish", actor=actor, outcome="recovered", release_id=rel.id,
+                from_release_id=previous.release_id if previous else None,
+                reason="publish was killed after the swap; its post-swap check passes now, "
+                       "so it stays live (no verify window ran); recorded now")
+        return f"recorded interrupted publish of release {rel.id}"
+    reasons = "; ".join(r.reason() for r in post.blocking())
+    back = previous.release_id if previous else None
+    back_file = _file_of(store, back) if back is not None else None
+    if back_file is not None and store.slot_of(back_file) is None:
+        back_file = store.restore_from_archive(back, store.idle_slot())
+    _swap_back(store, back_file)
+    with state.transaction():
+        state.set_status(rel.id, "bad", reasons[:2000])
+        state.add_event("publish", actor=actor, outcome="reverted", release_id=rel.id,
+                        from_release_id=back,
+                        reason=f"publish was killed after the swap and fails its post-swap "
+                               f"check: {reasons}"[:2000])
+    return f"swapped back from interrupted, failing release {rel.id}"
 
 
 # -- publish ---------------------------------------------------------------
@@ -527,12 +571,49 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         _abort_placed(ctx, rid, actor=actor, error=exc)
         raise
     previous_target = store.live_target()
-    store.swap(final)
+    try:
+        store.swap(final)
+    except StoreIOError as exc:
+        if store.live_target() != final:  # the rename never happened: live is unchanged
+            _abort_placed(ctx, rid, actor=actor, error=exc)
+            raise
+        log.warning("%s", exc.message)  # renamed, only the folder fsync failed: it is live
     timer.mark("swap")
-    testpoint("swapped")
+    try:
+        testpoint("swapped")
+        _check_after_swap(ctx, result, rid, final, previous_target, actor=actor,
+                          wait=wait_window)
+        timer.mark("verify")
+        with state.transaction():
+            state.mark_published(rid)
+            state.add_event("publish", actor=actor, outcome="published", release_id=rid,
+                            from_release_id=live_id, reason=note)
+    except GateFailed:
+        raise  # the checks failed: already swapped back and recorded
+    except BaseException as exc:
+        # interrupted (Ctrl-C, SIGTERM, state.db locked...) before the release was
+        # checked and recorded: it must not stay live unverified
+        _undo_unverified_swap(ctx, rid, previous_target, exc, actor=actor)
+        raise
+    testpoint("recorded")
+    result.outcome = "published"
+    target = previous_release(ctx, rid)
+    result.rollback_target = target.id if target else None
+    log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
+             staged.sha256)
+    _announce(ctx, "publish", "published", release_id=rid, sha256=staged.sha256, slot=slot,
+              source=result.source, from_release_id=live_id, reasons=result.warnings)
+    prune_archive(ctx)
+    timer.mark("record")
+
+
+def _check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
+                      previous_target: Path | None, *, actor: str, wait: bool) -> None:
+    """Post-swap check through live_path, then hooks and the verify window."""
+    store, state, config = ctx.store, ctx.state, ctx.config
+    live_id = result.previous_release_id
     post = _post_swap_check(ctx, final)
     result.post_swap = post
-    timer.mark("post_swap")
     if not post.passed():
         reasons = [r.reason() for r in post.blocking()]
         _swap_back(store, previous_target)
@@ -545,24 +626,30 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         result.reasons = reasons
         log.error("release %s failed its post-swap check, swapped back: %s", rid,
                   "; ".join(reasons))
-        _announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=staged.sha256,
-                  slot=slot, source=result.source, from_release_id=live_id, reasons=reasons)
+        _announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=result.sha256,
+                  slot=result.slot, source=result.source, from_release_id=live_id,
+                  reasons=reasons)
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
-    _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait_window)
-    timer.mark("verify")
-    with state.transaction():
-        state.mark_published(rid)
-        state.add_event("publish", actor=actor, outcome="published", release_id=rid,
-                        from_release_id=live_id, reason=note)
-    testpoint("recorded")
-    result.outcome = "published"
-    log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
-             staged.sha256)
-    _announce(ctx, "publish", "published", release_id=rid, sha256=staged.sha256, slot=slot,
-              source=result.source, from_release_id=live_id, reasons=result.warnings)
-    prune_archive(ctx)
-    timer.mark("record")
+    _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait)
+
+
+def _undo_unverified_swap(ctx: Context, rid: int, previous_target: Path | None,
+                          exc: BaseException, *, actor: str) -> None:
+    """Best effort, on the way out: swap back and record why."""
+    back = release_id_of(previous_target) if previous_target else None
+    try:
+        _swap_back(ctx.store, previous_target)
+        with ctx.state.transaction():
+            ctx.state.set_status(rid, "aborted", f"interrupted after the swap: {exc!r}"[:2000])
+            ctx.state.add_event(
+                "publish", actor=actor, outcome="interrupted", release_id=rid,
+                from_release_id=back,
+                reason=(f"interrupted after the swap, before its checks completed "
+                        f"({type(exc).__name__}); swapped back to "
+                        f"{'release ' + str(back) if back else 'no live release'}"))
+    except BaseException:  # noqa: BLE001 - reconcile finishes the job under the next lock
+        log.exception("could not undo the swap of release %s", rid)
 
 
 def _structural_ok(report: gates.GateReport) -> bool:
@@ -649,6 +736,7 @@ def _swap_back(store: Store, previous_target: Path | None) -> None:
     else:
         # first release ever: there was no live_path before, so there is none after
         store.live_path.unlink(missing_ok=True)
+        fsync_dir(store.live_path.parent)
 
 
 def _abort_placed(ctx: Context, rid: int, *, actor: str, error: Exception) -> None:

@@ -368,6 +368,9 @@ class Store:
         """Remove a release that never went live from its slot and the archive."""
         paths = [p for s in SLOTS if (p := self.slot_files(s).get(release_id)) is not None]
         remove_quietly(*paths, self.archive_file(release_id))
+        for folder in {p.parent for p in paths} | {self.archive_dir}:
+            with suppress(OSError):
+                fsync_dir(folder)  # so the removal survives a power loss
 
     def prune_archive(self, keep: set[int]) -> list[int]:
         removed = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -452,3 +453,70 @@ def test_restored_store_checks_healthy_and_rolls_back(published: Env) -> None:
     idle.write_bytes(bytes(data))
     result = restored.cli("rollback", "--to", "2", expect=1)
     assert "sha256 differ" in result.stderr
+
+
+def _paused_publish(env: Env, db: Path, step: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(RELEASER_BIN), "--config", str(env.config), "publish", str(db)],
+        env={**os.environ, "RELEASER_TEST_PAUSE_AT": step}, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert f"releaser-testpoint: {step}" in proc.stderr.readline()
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_after_swap_swaps_back_and_records(published: Env, sig: int) -> None:
+    before = published.snapshot()
+    proc = _paused_publish(published, published.make_db("three.db", seed=3), "swapped")
+    assert published.status()["live"]["release_id"] == 3  # swapped, not yet checked
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted; live is as it was" in err and "Traceback" not in err
+    assert published.snapshot()["live_target"] == before["live_target"]
+    ev = published.history()[0]
+    assert (ev["action"], ev["outcome"], ev["release_id"], ev["from_release_id"]) == (
+        "publish", "interrupted", 3, 2)
+    assert "swapped back to release 2" in ev["reason"]
+    assert published.cli("rollback", "--to", "3", expect=2)  # aborted: not a target
+
+
+def test_sigkill_after_swap_of_a_failing_release_is_swapped_back_by_reconcile(
+        published: Env) -> None:
+    proc = _paused_publish(published, published.make_db("three.db", seed=3), "swapped")
+    proc.kill()
+    proc.wait()
+    live = Path(os.readlink(published.live))
+    assert live.name == "release-3.db"
+    os.chmod(live, 0o644)
+    with open(live, "r+b") as fh:
+        fh.truncate(live.stat().st_size - 4096)  # damaged before anyone checked it
+    published.cli("init")  # any locked operation reconciles first
+    assert published.status()["live"]["release_id"] == 2
+    ev = published.history()[0]
+    assert (ev["action"], ev["outcome"], ev["release_id"]) == ("publish", "reverted", 3)
+    assert "killed after the swap and fails its post-swap check" in ev["reason"]
+
+
+def test_init_adopts_a_wal_mode_file_as_a_rollback_journal_copy(env: Env) -> None:
+    db = env.make_db("legacy.db", seed=7)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    conn.close()  # checkpointed on close: no pending WAL, header still says WAL
+    env.live.parent.mkdir(parents=True)
+    os.replace(db, env.live)
+    assert env.live.read_bytes()[18:20] == b"\x02\x02"
+    assert env.cli_json("init")["outcome"] == "adopted"
+    target = Path(os.readlink(env.live))
+    assert target.read_bytes()[18:20] == b"\x01\x01"
+    assert rows_in(env.live) == 3000
+
+
+def test_init_refuses_a_hot_journal_beside_the_live_file(env: Env) -> None:
+    db = env.make_db("legacy.db", seed=7)
+    env.live.parent.mkdir(parents=True)
+    os.replace(db, env.live)
+    Path(f"{env.live}-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + b"\0" * 504)
+    result = env.cli("init", expect=2)
+    assert "hot rollback journal" in result.stderr and "run init again" in result.stderr
+    assert not env.live.is_symlink()
