@@ -1,10 +1,11 @@
 """Prometheus metrics and the monitor's small HTTP endpoint.
 
 Two sources feed one registry:
-- CheckStats: what this monitor process saw (last check, durations, counts);
-- state.db, read at scrape time: the live release and the publish / reject /
-  rollback / auto-revert counters. Reading them from the append-only event log
-  makes them survive restarts and include what the CLI did.
+- CheckStats: what this monitor process saw (last check, its duration);
+- state.db, read at scrape time: the live release, the publish / reject /
+  rollback / auto-revert counters (from the append-only event log) and the
+  health check counters (its counters table, bumped with each recorded check).
+  Reading them there makes them survive restarts and include what the CLI did.
 
 GET /metrics  Prometheus exposition (text or OpenMetrics, by Accept header)
 GET /healthz  200 when the last check passed, 503 otherwise (also before the first)
@@ -61,14 +62,24 @@ EVENT_COUNTERS: dict[str, tuple[str, list[tuple[str, tuple[str, ...] | None]]]] 
         [("auto-revert", ("ok",))]),
 }
 
+# counter name -> (state.db counters row, help): every recorded health check, by the
+# monitor or `releaser check`, counted in the transaction that records it
+STATE_COUNTERS: dict[str, tuple[str, str]] = {
+    "releaser_health_checks": (
+        "health_checks_total",
+        "Health checks of the live release recorded in state.db (monitor and CLI)."),
+    "releaser_health_check_failures": (
+        "health_check_failures_total",
+        "Recorded health checks that failed or could not run (monitor and CLI)."),
+}
+
 
 @dataclass
 class CheckStats:
     """What the monitor has seen; written by the check thread, read by scrapes."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    checks_total: int = 0
-    failures_total: int = 0
+    checks_total: int = 0  # checks run by this process (for STATUS=)
     last_ok: bool | None = None
     last_release_id: int | None = None
     last_reasons: list[str] = field(default_factory=list)
@@ -85,7 +96,6 @@ class CheckStats:
                 "release_id": self.last_release_id,
                 "reasons": list(self.last_reasons),
                 "checks_total": self.checks_total,
-                "failures_total": self.failures_total,
                 "consecutive_failures": self.consecutive_failures,
                 "critical": self.critical,
                 "last_success_ts": self.last_success_ts,
@@ -118,13 +128,6 @@ class ReleaserCollector(Collector):
             yield GaugeMetricFamily(
                 "releaser_health_check_duration_seconds",
                 "How long the last health check took.", value=duration)
-        yield CounterMetricFamily(
-            "releaser_health_checks", "Health checks run by this monitor process.",
-            value=s["checks_total"])
-        yield CounterMetricFamily(
-            "releaser_health_check_failures",
-            "Health checks that failed or could not run, in this monitor process.",
-            value=s["failures_total"])
         yield GaugeMetricFamily(
             "releaser_health_check_consecutive_failures",
             "Failed checks in a row of the current live release.",
@@ -161,6 +164,8 @@ class ReleaserCollector(Collector):
             for name, (doc, parts) in EVENT_COUNTERS.items():
                 total = sum(state.count_events(action, outcomes) for action, outcomes in parts)
                 yield CounterMetricFamily(name, doc, value=total)
+            for name, (key, doc) in STATE_COUNTERS.items():
+                yield CounterMetricFamily(name, doc, value=state.counter(key))
         finally:
             state.close()
 

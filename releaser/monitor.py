@@ -6,18 +6,33 @@ except every hash_every-th check (full sha256) and every integrity_every-th
 (quick_check); a check whose full pass failed repeats that pass until it passes,
 so a fault only the hash can see keeps counting as a failure.
 
-After failures_before_revert failed checks in a row of the same live release,
-release.revert_live() marks it bad and swaps to the previous good release. It is
-tried at most once per bad release (remembered here and read back from the
-event log after a restart): no flapping. When there is nothing good to go back
-to, the live release stays, the monitor reports critical and keeps checking.
+Every check belongs to the release live when it started (read first: a
+readlink); a check that cannot run at all (an I/O error, state.db unreadable)
+is a failed check of that release, recorded like any other. After
+failures_before_revert failed checks in a row of the same live release,
+release.revert_live(expect_live=that release) marks it bad and swaps to the
+previous good release; if a publish or rollback replaced it meanwhile, nothing
+is reverted. It is tried at most once per bad release (remembered here and read
+back from the event log after a restart): no flapping. When nothing is live, or
+there is nothing good to go back to, the live release stays, the monitor
+reports critical and keeps checking.
 
-systemd: READY=1 after the first check, WATCHDOG=1 while checks keep
-completing, STATUS= with the live release, STOPPING=1 on SIGTERM.
+systemd: READY=1 after the first check, STATUS= with the live release,
+STOPPING=1 on SIGTERM, and WATCHDOG=1 (every WatchdogSec/2, from a thread) only
+while checks are completing: until a deadline, set
+- when a check starts: to its time budget, query_timeout_ms for the schema
+  query and each probe (+2), integrity_timeout_ms when it runs quick_check,
+  the file size at HASH_MIN_BYTES_PER_S when it hashes, plus misfire_grace_s
+  (state.db waits, scheduling); an auto-revert re-arms it for the target's check;
+- when a check completes: to interval_s + misfire_grace_s, by when the next
+  check must have started.
+A check stuck past its own time limits, or a scheduler that stopped starting
+checks, stops the pings; systemd restarts the monitor WatchdogSec later.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -25,6 +40,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -34,6 +50,7 @@ from . import health, release, sdnotify
 from .config import Config
 from .errors import LockBusy, ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
+from .store import Store
 
 log = logging.getLogger("releaser.monitor")
 
@@ -41,6 +58,17 @@ ACTOR = "monitor"
 # on SIGTERM, wait this long for an in-flight read-only check before leaving it;
 # an auto-revert in progress is always waited for (it is O(1))
 STOP_GRACE_S = 5.0
+# the slowest sha256 a check's watchdog budget allows for (a slow disk)
+HASH_MIN_BYTES_PER_S = 50 * 1024 * 1024
+# test-only: a check of these live releases (comma-separated ids) cannot run,
+# failing with EIO as a bad disk would (the crash tests' RELEASER_TEST_PAUSE_AT kin)
+TEST_EIO_ENV = "RELEASER_TEST_CHECK_EIO"
+
+
+def _test_fault(live_id: int | None, path: Path) -> None:
+    ids = os.environ.get(TEST_EIO_ENV)
+    if ids and live_id is not None and str(live_id) in ids.split(","):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
 
 
 def _iso_to_unix(text: str | None) -> float | None:
@@ -63,13 +91,14 @@ class Monitor:
         self._n = 0  # checks started: drives the hash/integrity cadence
         self._force_hash = False
         self._force_integrity = False
-        self._tried: set[int | None] = set()  # releases an auto-revert was attempted from
+        self._tried: set[int] = set()  # releases an auto-revert was attempted from
         self._ready_sent = False
         self._stop = threading.Event()
         self._idle = threading.Event()  # set while no check is running
         self._idle.set()
         self._reverting = threading.Event()
-        self._last_progress = time.monotonic()  # last completed check (or start)
+        # WATCHDOG=1 is sent while time.monotonic() is before this (see the docstring)
+        self._deadline = time.monotonic() + self.mcfg.interval_s + self.mcfg.misfire_grace_s
 
     # -- one check ---------------------------------------------------------
 
@@ -86,7 +115,8 @@ class Monitor:
                     report = self._check()
                     self._record(report)
                     self._after(report)
-            self._last_progress = time.monotonic()
+            # the next check starts within one interval (an interval trigger, coalesced)
+            self._arm_watchdog(self.mcfg.interval_s + self.mcfg.misfire_grace_s)
             self._notify_after_check(report)
             return report
         except Exception:  # noqa: BLE001 - a monitor bug must not stop the schedule
@@ -100,21 +130,29 @@ class Monitor:
         self._n += 1
         full_hash = n % self.mcfg.hash_every == 0 or self._force_hash
         integrity = n % self.mcfg.integrity_every == 0 or self._force_integrity
+        self._arm_watchdog(self._budget_s(full_hash=full_hash, integrity=integrity))
         log.debug("check %d started (hash=%s, integrity=%s)", n + 1, full_hash, integrity)
+        # the release this check is about, known even when the check cannot run
+        live_id = Store(self.config.root, self.config.live_path).live_release_id()
+        t0 = time.perf_counter()
+        report: health.HealthReport | None = None
         try:
             with release.open_store(self.config) as ctx:
-                report = health.check_live(self.config, ctx.store, ctx.state,
-                                           full_hash=full_hash, integrity=integrity)
+                try:
+                    _test_fault(live_id, self.config.live_path)
+                    report = health.check_live(self.config, ctx.store, ctx.state,
+                                               full_hash=full_hash, integrity=integrity)
+                except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failure
+                    report = _could_not_run(live_id, exc, t0)
                 try:
                     ctx.state.add_health_check(
                         release_id=report.release_id, ok=report.ok,
                         duration_ms=report.duration_ms, actor=ACTOR, reasons=report.reasons)
                 except Exception as exc:  # noqa: BLE001 - recording is best effort
                     log.warning("cannot record the health check in state.db: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failure
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            report = health.HealthReport(ok=False, release_id=None, path=None,
-                                         reasons=[f"check could not run: {message}"])
+        except Exception as exc:  # noqa: BLE001 - no state.db to check against: a failure
+            if report is None:
+                report = _could_not_run(live_id, exc, t0)
         # a fault only a full pass sees must keep failing until that pass is clean
         self._force_hash = report.hashed and not report.ok
         self._force_integrity = report.integrity_checked and not report.ok
@@ -140,7 +178,6 @@ class Monitor:
                 s.critical = False
                 s.last_success_ts = time.time()
             else:
-                s.failures_total += 1
                 s.consecutive_failures += 1
         if report.ok:
             log.info("check: release %s healthy (%.1f ms)", report.release_id,
@@ -155,10 +192,17 @@ class Monitor:
         if report.ok or self.stats.consecutive_failures < self.mcfg.failures_before_revert:
             return False
         rid = report.release_id
-        if rid in self._tried or (rid is not None and self._reverted_before(rid)):
+        if rid is None:
+            # nothing to revert from; and revert_live would act on whatever is live
+            # by then, which these checks never saw
+            self._set_critical(report, "no release is live to revert from")
+            return False
+        if rid in self._tried or self._reverted_before(rid):
             self._tried.add(rid)
             self._set_critical(report, "an auto-revert was already attempted from it")
             return False
+        # the revert checks its target (probes, maybe a hash) under the lock
+        self._arm_watchdog(self._budget_s(full_hash=True, integrity=False))
         self._reverting.set()
         try:
             result = release.revert_live(self.config, actor=ACTOR, reasons=report.reasons,
@@ -215,19 +259,32 @@ class Monitor:
             self._ready_sent = True
         sdnotify.notify(*msgs)
 
-    def _checks_completing(self) -> bool:
-        """Is the schedule alive? A check must complete within interval + its time limits."""
+    def _budget_s(self, *, full_hash: bool, integrity: bool) -> float:
+        """How long a check may run: its own time limits, the hash, misfire_grace_s."""
         g = self.config.gates
-        allowance = (2 * self.mcfg.interval_s + g.integrity_timeout_ms / 1000.0
-                     + g.query_timeout_ms / 1000.0 * (len(self.config.probes) + 2) + 60.0)
-        return time.monotonic() - self._last_progress < allowance
+        budget = g.query_timeout_ms / 1000.0 * (len(self.config.probes) + 2)
+        if integrity:
+            budget += g.integrity_timeout_ms / 1000.0
+        if full_hash:
+            try:
+                budget += os.stat(self.config.live_path).st_size / HASH_MIN_BYTES_PER_S
+            except OSError:
+                pass
+        return budget + self.mcfg.misfire_grace_s
+
+    def _arm_watchdog(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+    def _checks_completing(self) -> bool:
+        return time.monotonic() < self._deadline
 
     def _watchdog_loop(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             if self._checks_completing():
                 sdnotify.notify("WATCHDOG=1")
             else:
-                log.error("checks stopped completing: withholding the systemd watchdog ping")
+                log.error("checks stopped completing (one is past its time budget, or none "
+                          "started in time): withholding the systemd watchdog ping")
 
     # -- run ---------------------------------------------------------------
 
@@ -319,6 +376,13 @@ class Monitor:
             os._exit(0)
         log.info("stopped")
         return 0
+
+
+def _could_not_run(live_id: int | None, exc: Exception, t0: float) -> health.HealthReport:
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    return health.HealthReport(ok=False, release_id=live_id, path=None,
+                               reasons=[f"check could not run: {message}"],
+                               duration_ms=round((time.perf_counter() - t0) * 1000, 3))
 
 
 def run_monitor(config: Config, *, listen: str | None = None, announce: Any = None) -> int:

@@ -1,8 +1,8 @@
 """sd_notify(3) in a few lines: datagrams to $NOTIFY_SOCKET, a no-op when unset.
 
 Supports both socket forms systemd uses: a filesystem path and `@name` for the
-Linux abstract namespace. Errors are swallowed (logged at debug): a lost
-notification must never take the monitor down.
+Linux abstract namespace. Sending never blocks, and errors are swallowed (logged
+at debug): a lost notification must never stall or take the monitor down.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def notify(*assignments: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(addr)
-            sock.sendall(payload)
+            # never block: a full queue (net.unix.max_dgram_qlen) must not stall a
+            # check or the watchdog thread; the message is dropped instead
+            sock.send(payload, socket.MSG_DONTWAIT)
     except OSError as exc:
         log.debug("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False

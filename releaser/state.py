@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_release ON events(release_id);
+CREATE INDEX IF NOT EXISTS events_action ON events(action, outcome);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -57,10 +58,16 @@ CREATE TABLE IF NOT EXISTS health_checks (
     actor TEXT NOT NULL,
     reasons TEXT NOT NULL
 );
+-- monotonic totals that outlive the trimmed health_checks rows (metrics read them)
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 # events that change which release is live
 LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
+LIVE_OUTCOMES = ("published", "ok", "recovered")
 # how many health check rows to keep (the monitor writes one every interval)
 HEALTH_CHECKS_KEPT = 2000
 
@@ -233,19 +240,26 @@ class StateDB:
         if limit is not None:
             sql += " LIMIT ?"
             params = (limit,)
-        out = []
-        for row in self.conn.execute(sql, params).fetchall():
-            d = dict(row)
-            d["detail"] = json.loads(d["detail"]) if d["detail"] else None
-            out.append(Event(**d))
-        return out
+        return [self._event(row) for row in self.conn.execute(sql, params).fetchall()]
 
-    def live_transitions(self) -> list[Event]:
-        """Events that made a release live, newest first."""
-        return [
-            e for e in self.events()
-            if e.action in LIVE_ACTIONS and e.outcome in ("published", "ok", "recovered")
-        ]
+    @staticmethod
+    def _event(row: sqlite3.Row) -> Event:
+        d = dict(row)
+        d["detail"] = json.loads(d["detail"]) if d["detail"] else None
+        return Event(**d)
+
+    def live_transitions(self, limit: int | None = None) -> list[Event]:
+        """Events that made a release live, newest first.
+
+        Filtered in SQL (indexed by action) so rejects, however many, cost nothing:
+        rollback reads this and must not slow down as history grows."""
+        sql = (f"SELECT * FROM events WHERE action IN ({','.join('?' * len(LIVE_ACTIONS))})"
+               f" AND outcome IN ({','.join('?' * len(LIVE_OUTCOMES))}) ORDER BY id DESC")
+        params: tuple[Any, ...] = (*LIVE_ACTIONS, *LIVE_OUTCOMES)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return [self._event(row) for row in self.conn.execute(sql, params).fetchall()]
 
     def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
         sql = "SELECT COUNT(*) FROM events WHERE action=?"
@@ -271,6 +285,16 @@ class StateDB:
                 "DELETE FROM health_checks WHERE id <= (SELECT MAX(id) FROM health_checks) - ?",
                 (HEALTH_CHECKS_KEPT,),
             )
+            names = ["health_checks_total"] + ([] if ok else ["health_check_failures_total"])
+            for name in names:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, 1)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+
+    def counter(self, name: str) -> int:
+        """A total from the counters table (0 before its first increment)."""
+        row = self.conn.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return int(row["value"]) if row else 0
 
     def last_health_check(self) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM health_checks ORDER BY id DESC LIMIT 1").fetchone()

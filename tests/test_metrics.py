@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -61,16 +63,40 @@ def test_counters_come_from_the_event_log(published: Env) -> None:
     assert "releaser_health_check_success" not in m
 
 
+def test_health_check_counters_come_from_state_db(published: Env) -> None:
+    """`releaser check` runs count too, and another process reads the same totals."""
+    env = published
+    env.cli("check")
+    live = Path(env.status()["live"]["path"])
+    os.chmod(live, 0o644)
+    os.truncate(live, live.stat().st_size - 100)
+    env.cli("check", expect=1)
+    m = exposition(env)
+    assert m["releaser_health_checks_total"] == 2
+    assert m["releaser_health_check_failures_total"] == 1
+    assert exposition(env)["releaser_health_checks_total"] == 2
+
+
+def test_a_store_without_counters_table_is_upgraded(published: Env) -> None:
+    env = published
+    conn = sqlite3.connect(env.root / "state.db")
+    conn.execute("DROP TABLE counters")
+    conn.close()
+    env.cli("check")
+    assert exposition(env)["releaser_health_checks_total"] == 1
+
+
 def test_check_stats_and_probe_histogram(published: Env) -> None:
     config = load_config(published.config)
-    stats = CheckStats(checks_total=5, failures_total=2, last_ok=False, last_duration_s=0.25,
+    stats = CheckStats(checks_total=5, last_ok=False, last_duration_s=0.25,
                        last_success_ts=1700000000.0, consecutive_failures=2)
     metrics = Metrics(config, stats)
     metrics.observe_probe("high_freq", 0.0003)
     metrics.observe_probe("high_freq", 0.02)
     m = parse_metrics(metrics.exposition()[0].decode())
-    assert m["releaser_health_checks_total"] == 5
-    assert m["releaser_health_check_failures_total"] == 2
+    # the totals are state.db's, not this process's: no check was recorded yet
+    assert m["releaser_health_checks_total"] == 0
+    assert m["releaser_health_check_failures_total"] == 0
     assert m["releaser_health_check_success"] == 0
     assert m["releaser_health_check_duration_seconds"] == 0.25
     assert m["releaser_health_check_last_success_timestamp_seconds"] == 1700000000.0

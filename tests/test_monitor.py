@@ -188,8 +188,10 @@ def test_previous_release_also_bad_no_revert_no_flapping(published: Env) -> None
     # a restarted monitor reads the attempt back from the log: still no new events
     with MonitorProc(env, "-v", "monitor", name="monitor2") as mon2:
         mon2.wait_listening()
-        wait_for("2 checks", lambda: mon2.metrics()["releaser_health_checks_total"] >= 2,
-                 proc=mon2)
+        # the counters come from state.db: they go on from the first monitor's
+        before = len(health_checks(env))
+        assert mon2.metrics()["releaser_health_checks_total"] >= before
+        wait_for("2 checks", lambda: len(health_checks(env)) >= before + 2, proc=mon2)
         assert mon2.stop() == 0
     assert len(events(env, "auto-revert")) == 2
     assert env.status()["live"]["release_id"] == 2
@@ -226,6 +228,89 @@ def test_revert_refuses_when_live_changed_since_the_check(published: Env) -> Non
     assert published.snapshot() == before
     assert events(published, "auto-revert") == []
     assert published.status()["live"]["status"] == "good"
+
+
+def test_check_that_cannot_run_fails_the_release_it_was_about(published: Env) -> None:
+    """Checks of releases 2 and 3 fail with EIO before they can look at anything.
+
+    Each failure belongs to the release live when the check started: the one
+    failure of release 2 before release 3 is published does not count against
+    release 3, which is reverted after failures_before_revert checks of its own;
+    then release 2, failing on its own, is reverted too (one revert per release).
+    """
+    env = published
+    set_config(env, monitor={"failures_before_revert": 3})
+    with MonitorProc(env, "-v", "monitor",
+                     extra_env={"RELEASER_TEST_CHECK_EIO": "2,3"}) as mon:
+        mon.wait_listening()
+        wait_for("a failed check", lambda: "UNHEALTHY (1/3)" in mon.stderr(), proc=mon)
+        env.cli("publish", str(env.make_db("three.db", seed=3)))
+        wait_for("two auto-reverts", lambda: len(events(env, "auto-revert")) == 2, proc=mon)
+        mon.wait_healthy()
+        assert mon.stop() == 0
+    assert [(e["outcome"], e["release_id"], e["from_release_id"])
+            for e in events(env, "auto-revert")] == [("ok", 2, 3), ("ok", 1, 2)]
+    checks = health_checks(env)
+    of_3 = [c for c in checks if c["release_id"] == 3]
+    assert len(of_3) == 3 and not any(c["ok"] for c in of_3), checks
+    assert all(c["reasons"][0].startswith("check could not run: OSError: [Errno 5]")
+               for c in of_3), of_3
+    # no failed check is left without the release it was about
+    assert all(c["release_id"] is not None for c in checks), checks
+    assert checks[-1] == {"release_id": 1, "ok": True, "actor": "monitor", "reasons": []}
+    status = env.status()
+    assert status["live"]["release_id"] == 1
+
+
+def test_nothing_live_is_critical_and_never_reverted(published: Env) -> None:
+    env = published
+    set_config(env, monitor={"failures_before_revert": 2, "interval_s": 0.5})
+    target = os.readlink(env.live)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        mon.wait_healthy()
+        env.live.unlink()
+        wait_for("critical", lambda: "no release is live to revert from" in mon.stderr(),
+                 proc=mon)
+        os.symlink(target, env.live)
+        mon.wait_healthy()
+        assert mon.stop() == 0
+    assert events(env, "auto-revert") == []
+    assert env.status()["live"]["release_id"] == 2
+
+
+def test_watchdog_pings_stop_when_a_check_overruns_its_budget(published: Env,
+                                                            tmp_path: Path) -> None:
+    """The auto-revert hangs under the lock (a test pause point): no more WATCHDOG=1."""
+    env = published
+    # budget of the revert's target check: 0.2 s x (2 probes + 2) + 2 s of grace
+    set_config(env, monitor={"failures_before_revert": 2, "misfire_grace_s": 2},
+               gates={"query_timeout_ms": 200})
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    try:
+        with MonitorProc(env, "-v", "monitor", extra_env={
+                "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000",
+                "RELEASER_TEST_PAUSE_AT": "rollback_ready"}) as mon:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            damage(env, "truncate")
+            wait_for("the revert to hang", lambda: "releaser-testpoint: rollback_ready"
+                     in mon.stderr(), proc=mon)
+            wait_for("the watchdog to stop", lambda: "checks stopped completing"
+                     in mon.stderr(), proc=mon)
+            # from then on nothing: drain what was queued, then the socket stays silent
+            sock.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                while True:
+                    sock.recv(4096)
+            sock.settimeout(1.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)
+    finally:
+        sock.close()
 
 
 def test_hanging_probe_hits_its_time_limit(published: Env) -> None:
