@@ -18,7 +18,9 @@ from .config import Config
 from .db import QueryTimeout, ReadOnlyDB
 from .errors import UsageError
 
-# per-category rows shown for one group_by column; the rest are summed as "(other)"
+# per-category rows shown for one group_by column; the rest are summed as "(other values)".
+# Each side reads only its MAX_GROUPS most frequent values (GROUP BY ... LIMIT), so the
+# diff's memory does not grow with the number of distinct values.
 MAX_GROUPS = 50
 
 
@@ -58,13 +60,16 @@ def _scalar(db: ReadOnlyDB, sql: str) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _tables(sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB, db_: ReadOnlyDB
-            ) -> list[dict[str, Any]]:
+def _tables(sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB, db_: ReadOnlyDB,
+            timeout_ms: int) -> list[dict[str, Any]]:
+    """Rows per table (full counts: under the integrity time limit, not the query one)."""
     out = []
-    for name in sorted(sa.tables.keys() | sb.tables.keys()):
-        a = schema.row_count(da, name) if name in sa.tables else None
-        b = schema.row_count(db_, name) if name in sb.tables else None
-        out.append({"table": name, "a": a, "b": b, **_change(a, b)})
+    for key in sorted(sa.tables.keys() | sb.tables.keys()):
+        ta, tb = sa.tables.get(key), sb.tables.get(key)
+        a = schema.row_count(da, ta.name, timeout_ms=timeout_ms) if ta else None
+        b = schema.row_count(db_, tb.name, timeout_ms=timeout_ms) if tb else None
+        out.append({"table": (ta or tb).name, "a": a, "b": b,  # type: ignore[union-attr]
+                    **_change(a, b)})
     return out
 
 
@@ -82,47 +87,80 @@ def _checks(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, A
 
 def _group_targets(spec: str, sa: schema.Schema, sb: schema.Schema) -> list[tuple[str, str]]:
     """`table.column` names one column; a bare `column` means every table that has it."""
-    tables = {**sb.tables, **sa.tables}
+    tables = {**sb.tables, **sa.tables}  # keyed by lower-cased name
     if "." in spec:
         table, column = spec.split(".", 1)
-        return [(table, column)] if table in tables else []
-    return [(t, spec) for t in sorted(tables) if tables[t].column(spec) is not None]
+        t = tables.get(table.lower())
+        return [(t.name, column)] if t is not None else []
+    return [(tables[k].name, spec) for k in sorted(tables) if tables[k].column(spec) is not None]
 
 
-def _counts(db: ReadOnlyDB, s: schema.Schema, table: str, column: str
-            ) -> dict[Any, int] | None:
-    t = s.tables.get(table)
-    if t is None or t.column(column) is None:
-        return None
+def _column(s: schema.Schema, table: str, column: str) -> tuple[str, str] | None:
+    """(table, column) as this database spells them, or None when it lacks them."""
+    t = s.tables.get(table.lower())
+    c = t.column(column) if t is not None else None
+    return (t.name, c.name) if t is not None and c is not None else None
+
+
+def _top(db: ReadOnlyDB, where: tuple[str, str], timeout_ms: int) -> dict[Any, int]:
+    """The MAX_GROUPS most frequent values (memory stays bounded however many there are)."""
     q = schema.quote_ident
-    rows = db.all(f"SELECT {q(column)}, COUNT(*) FROM {q(table)} GROUP BY 1")
-    return {v: n for v, n in rows}
+    table, column = where
+    return {v: n for v, n in db.all(
+        f"SELECT {q(column)}, COUNT(*) FROM {q(table)} GROUP BY 1 ORDER BY 2 DESC, 1 "
+        f"LIMIT {MAX_GROUPS}", timeout_ms=timeout_ms)}
+
+
+def _exact(db: ReadOnlyDB, where: tuple[str, str], values: list[Any], timeout_ms: int
+           ) -> dict[Any, int]:
+    """Counts of these values (at most 2 * MAX_GROUPS of them)."""
+    q = schema.quote_ident
+    table, column = where
+    known = [v for v in values if v is not None]
+    cond = [f"{q(column)} IN ({', '.join('?' * len(known))})"] if known else []
+    if len(known) < len(values):
+        cond.append(f"{q(column)} IS NULL")
+    if not cond:
+        return {}
+    return {v: n for v, n in db.all(
+        f"SELECT {q(column)}, COUNT(*) FROM {q(table)} WHERE {' OR '.join(cond)} GROUP BY 1",
+        known, timeout_ms=timeout_ms)}
 
 
 def _groups(config: Config, sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB,
-            db_: ReadOnlyDB) -> list[dict[str, Any]]:
+            db_: ReadOnlyDB, totals: dict[str, tuple[int | None, int | None]]
+            ) -> list[dict[str, Any]]:
+    """Rows per value of each [diff] group_by column: the MAX_GROUPS most frequent values
+    of A and of B (each counted on both sides), then one "(other values)" row."""
+    timeout = config.gates.integrity_timeout_ms
     out: list[dict[str, Any]] = []
     for spec in config.diff.group_by:
         targets = _group_targets(spec, sa, sb)
         if not targets:
             out.append({"column": spec, "rows": [], "error": f"no table has column {spec}"})
         for table, column in targets:
-            a = _counts(da, sa, table, column)
-            b = _counts(db_, sb, table, column)
-            values = sorted((a or {}).keys() | (b or {}).keys(),
-                            key=lambda v: (-max((a or {}).get(v, 0), (b or {}).get(v, 0)),
-                                           str(v)))
+            wa, wb = _column(sa, table, column), _column(sb, table, column)
+            a = _top(da, wa, timeout) if wa else None
+            b = _top(db_, wb, timeout) if wb else None
+            values = list((a or {}).keys() | (b or {}).keys())
+            # a side that returned MAX_GROUPS rows may have more values: count the others'
+            for side, db, w in ((a, da, wa), (b, db_, wb)):
+                if side is not None and w is not None and len(side) >= MAX_GROUPS:
+                    side.update(_exact(db, w, [v for v in values if v not in side], timeout))
+            values.sort(key=lambda v: (-max((a or {}).get(v, 0), (b or {}).get(v, 0)), str(v)))
             rows = []
             for v in values[:MAX_GROUPS]:
                 na = None if a is None else a.get(v, 0)
                 nb = None if b is None else b.get(v, 0)
                 rows.append({"value": v, "a": na, "b": nb, **_change(na, nb)})
-            rest = values[MAX_GROUPS:]
-            if rest:
-                na = None if a is None else sum(a.get(v, 0) for v in rest)
-                nb = None if b is None else sum(b.get(v, 0) for v in rest)
-                rows.append({"value": f"({len(rest)} other values)", "a": na, "b": nb,
-                             **_change(na, nb)})
+            total_a, total_b = totals.get(table.lower(), (None, None))
+            shown = values[:MAX_GROUPS]
+            na = None if a is None or total_a is None else total_a - sum(
+                a.get(v, 0) for v in shown)
+            nb = None if b is None or total_b is None else total_b - sum(
+                b.get(v, 0) for v in shown)
+            if na or nb:
+                rows.append({"value": "(other values)", "a": na, "b": nb, **_change(na, nb)})
             out.append({"column": f"{table}.{column}", "rows": rows})
     return out
 
@@ -155,13 +193,15 @@ def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
         try:
             sa, sb = schema.read_schema(da), schema.read_schema(db_)
             changes = schema.compare(sb, sa, schema.probe_index_usage(db_, config.probes))
+            tables = _tables(sa, sb, da, db_, config.gates.integrity_timeout_ms)
+            totals = {t["table"].lower(): (t["a"], t["b"]) for t in tables}
             return {
                 "a": a.as_dict(),
                 "b": b.as_dict(),
                 "schema": [c.as_dict() for c in changes],
-                "tables": _tables(sa, sb, da, db_),
+                "tables": tables,
                 "checks": _checks(config, da, db_),
-                "groups": _groups(config, sa, sb, da, db_),
+                "groups": _groups(config, sa, sb, da, db_, totals),
                 "probes_p95_ms": _probes(config, da, db_),
             }
         except (sqlite3.DatabaseError, QueryTimeout) as exc:

@@ -162,3 +162,49 @@ def test_new_commands_have_examples(env: Env) -> None:
     for cmd in ("diff", "releases"):
         assert "Examples:" in env.cli(cmd, "--help").stdout
     assert "--allow-contract" in env.cli("publish", "--help").stdout
+
+
+def _big(n: int, modulo: int, hot: str = "") -> str:
+    """A table of n rows with `modulo` distinct values of y (plus optional hot rows)."""
+    return ("CREATE TABLE big (x INTEGER, y TEXT);"
+            f"WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < {n}) "
+            f"INSERT INTO big SELECT i, 'v' || (i % {modulo}) FROM r;" + hot)
+
+
+def test_diff_groups_read_top_values_under_the_integrity_time_limit(env: Env) -> None:
+    # 97 values in B; A adds 5000 rows of a value B has only 3 of: it is in A's top
+    # 50 but not in B's, so B's count must be read exactly (not shown as 0)
+    b = env.make_db("b.db", seed=1, rows=50, sql=_big(
+        300000, 97, "INSERT INTO big VALUES (1, 'rare'), (2, 'rare'), (3, 'rare');"))
+    a = env.make_db("a.db", seed=1, rows=50, sql=_big(
+        300000, 97, "INSERT INTO big SELECT x, 'rare' FROM big LIMIT 5000;"
+        "INSERT INTO big VALUES (0, 'rare'), (0, 'rare'), (0, NULL);"))
+    # a GROUP BY over 300000 rows takes far more than 1 ms: under the query limit the
+    # whole diff used to fail; counts run under integrity_timeout_ms instead
+    env.write_config(query_timeout_ms="1", group_by='["big.y"]')
+    doc = env.cli_json("diff", str(a), str(b))
+    assert isinstance(doc, dict)
+    (group,) = doc["groups"]
+    rows = {r["value"]: r for r in group["rows"]}
+    assert len(group["rows"]) == 50 + 1  # MAX_GROUPS values, then one "(other values)" row
+    assert (rows["rare"]["a"], rows["rare"]["b"]) == (5002, 3)
+    assert sum(r["a"] for r in group["rows"]) == 300000 + 5003
+    assert sum(r["b"] for r in group["rows"]) == 300003
+    other = rows["(other values)"]
+    assert other["b"] == 300003 - sum(r["b"] for r in group["rows"][:-1])
+    big = next(t for t in doc["tables"] if t["table"] == "big")
+    assert (big["a"], big["b"]) == (305003, 300003)
+
+
+def test_diff_matches_tables_and_group_by_case_insensitively(env: Env) -> None:
+    b = env.make_db("b.db", seed=1, rows=50)
+    a = env.make_db("a.db", seed=1, rows=50,
+                    sql=("ALTER TABLE tags_final RENAME TO t_tmp;"
+                         "ALTER TABLE t_tmp RENAME TO Tags_Final;"))
+    env.write_config(group_by='["TAGS_FINAL.Main_Category"]')
+    doc = env.cli_json("diff", str(a), str(b))
+    assert isinstance(doc, dict)
+    assert [(t["table"], t["a"], t["b"]) for t in doc["tables"]] == [("Tags_Final", 50, 50)]
+    assert [c["category"] for c in doc["schema"]] == ["expand"]  # renamed in case only
+    (group,) = doc["groups"]
+    assert "error" not in group and sum(r["a"] for r in group["rows"]) == 50

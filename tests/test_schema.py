@@ -207,9 +207,8 @@ def test_probe_full_scan_warns_and_fails_with_strict(store: Env) -> None:
     db = store.make_db("one.db", seed=1)  # 3000 rows > 1000
     before = store.snapshot()
     result = store.cli("publish", str(db), "--strict", expect=1)
-    assert "query_plan by_source: warn: full table scan: SCAN tags_final (3000 rows)" in (
-        result.stderr)
-    assert "scan_rows_max 1000" in result.stderr
+    assert ("query_plan by_source: warn: full table scan: SCAN tags_final: over "
+            "[schema] scan_rows_max 1000 rows") in result.stderr
     assert store.snapshot() == before
     res = store.cli_json("publish", str(db))
     plans = {g["name"]: g for g in _gate(res, "query_plan")}
@@ -235,3 +234,110 @@ def test_negative_scan_rows_max_is_a_config_error(env: Env) -> None:
     env.write_config(scan_rows_max="-1")
     result = env.cli("status", expect=2)
     assert "schema: scan_rows_max must be >= 0" in result.stderr
+
+
+# -- review fixes: names, table options, ANY, plan costs -----------------------------
+
+
+def test_probe_index_with_a_space_in_its_name_is_found_and_its_removal_fails(
+        tmp_path: Path) -> None:
+    ddl = 'CREATE TABLE "my tags" (id INTEGER PRIMARY KEY, name TEXT, n INT);'
+    old = _db(tmp_path, "old.db", ddl + 'CREATE INDEX "by name" ON "my tags"(name);')
+    new = _db(tmp_path, "new.db", ddl)
+    probe = Probe("by_name", 'SELECT n FROM "my tags" WHERE name = ?', params=("x",))
+    with ReadOnlyDB(old, 5000) as db:
+        assert schema.query_plan(db, probe) == ["SEARCH my tags USING INDEX by name (name=?)"]
+        used = schema.probe_index_usage(db, (probe,))
+    assert used == {"by name": ["by_name"]}
+    (change,) = schema.compare(_schema(old), _schema(new), used)
+    assert (change.name, change.category) == ("by name", "contract")
+    assert "probe by_name uses it" in change.reason
+
+
+@pytest.mark.parametrize("sql", [
+    'SELECT id FROM "my tags" WHERE n = 1',                   # SCAN my tags
+    "SELECT id FROM TAGS WHERE n = 1",                        # SCAN TAGS
+    "SELECT id FROM main.tags WHERE n = 1",                   # SCAN main.tags
+    'SELECT id FROM main."my tags" AS "m t" WHERE n = 1',     # SCAN m t
+])
+def test_full_scans_match_quoted_case_and_schema_qualified_names(tmp_path: Path,
+                                                                 sql: str) -> None:
+    path = _db(tmp_path, "t.db", (
+        'CREATE TABLE "my tags" (id INTEGER PRIMARY KEY, n INT);'
+        "CREATE TABLE tags (id INTEGER PRIMARY KEY, n INT);"))
+    with ReadOnlyDB(path, 5000) as db:
+        tables = {t.name for t in schema.read_schema(db).tables.values()}
+        plan = schema.query_plan(db, Probe("p", sql))
+    (scan,) = schema.full_scans(plan, sql, tables)
+    assert scan == ("my tags" if "my tags" in sql else "tags", plan[0])
+
+
+def test_rowid_to_without_rowid_is_contract_strict_is_warn(tmp_path: Path) -> None:
+    old = _db(tmp_path, "old.db", (
+        "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT);"
+        "CREATE TABLE b (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;"
+        "CREATE TABLE c (k TEXT, v TEXT);"
+        "CREATE TABLE d (k TEXT, v TEXT) STRICT;"))
+    new = _db(tmp_path, "new.db", (
+        "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;"
+        "CREATE TABLE b (k TEXT PRIMARY KEY, v TEXT);"
+        "CREATE TABLE c (k TEXT, v TEXT) STRICT;"
+        "CREATE TABLE d (k TEXT, v TEXT);"))
+    s = _schema(new)
+    assert (s.tables["a"].without_rowid, s.tables["c"].strict) == (True, True)
+    # (a.k, b.k: WITHOUT ROWID makes a PRIMARY KEY column NOT NULL, reported per column)
+    got = {c.name: (c.category, c.reason) for c in schema.compare(_schema(old), s)
+           if c.object == "table"}
+    assert {n: cat for n, (cat, _) in got.items()} == {
+        "a": "contract", "b": "expand", "c": "warn", "d": "expand"}
+    assert "WITHOUT ROWID" in got["a"][1] and "STRICT" in got["c"][1]
+
+
+def test_names_compare_case_insensitively(tmp_path: Path) -> None:
+    old = _db(tmp_path, "old.db", (
+        "CREATE TABLE Tags (Name TEXT, n INT); CREATE INDEX Ix ON Tags(Name);"
+        "CREATE VIEW V AS SELECT Name FROM Tags;"))
+    new = _db(tmp_path, "new.db", (
+        "CREATE TABLE tags (name TEXT, n INT); CREATE INDEX ix ON tags(name);"
+        "CREATE VIEW v AS SELECT name FROM tags;"))
+    changes = schema.compare(_schema(old), _schema(new), {"IX": ["p"]})
+    got = {(c.object, c.name): c.category for c in changes}
+    # nothing removed: only case changed (the view's SQL text changed with it)
+    assert got == {("table", "tags"): "expand", ("column", "tags.name"): "warn",
+                   ("view", "v"): "expand"}
+    assert _schema(old).tables["tags"].column("NAME") is not None
+
+
+@pytest.mark.parametrize(("old", "new", "strict", "category"), [
+    ("ANY", "INTEGER", True, "contract"),   # no affinity -> INTEGER: '007' becomes 7
+    ("TEXT", "ANY", True, "expand"),        # values kept as written
+    ("INTEGER", "ANY", True, "expand"),
+    ("TEXT", "ANY", False, "contract"),     # outside STRICT, ANY is NUMERIC affinity
+])
+def test_strict_any_has_no_affinity(old: str, new: str, strict: bool, category: str) -> None:
+    assert schema.type_change(old, new, strict, strict)[0] == category
+
+
+def test_strict_any_column_changes_through_compare(tmp_path: Path) -> None:
+    old = _db(tmp_path, "old.db", "CREATE TABLE s (a ANY, b TEXT) STRICT;")
+    new = _db(tmp_path, "new.db", "CREATE TABLE s (a INTEGER, b ANY) STRICT;")
+    got = {c.name: c.category for c in schema.compare(_schema(old), _schema(new))}
+    assert got == {"s.a": "contract", "s.b": "expand"}
+
+
+def test_plan_row_count_that_times_out_is_a_warn_not_an_error(tmp_path: Path) -> None:
+    path = _db(tmp_path, "big.db", (
+        "CREATE TABLE big (x INTEGER, y TEXT);"
+        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 300000) "
+        "INSERT INTO big SELECT i, i % 97 FROM r;"))
+    probe = Probe("by_y", "SELECT x FROM big WHERE y = ?", params=("3",))
+    # 1 ms is far too short to count 300000 rows (compiling the plan takes no steps)
+    with ReadOnlyDB(path, 1) as db:
+        (r,) = schema.plan_results(db, (probe,), scan_rows_max=10**9)
+    assert (r.outcome, r.observed) == ("warn", "full scan")
+    assert "SCAN big (row count timed out after 1 ms)" in r.detail
+    # the count stops at scan_rows_max + 1: a big table costs no more than that
+    with ReadOnlyDB(path, 5000) as db:
+        assert schema.row_count(db, "big", limit=1001) == 1001
+        (r,) = schema.plan_results(db, (probe,), scan_rows_max=1000)
+    assert r.outcome == "warn" and "SCAN big: over [schema] scan_rows_max 1000" in r.detail
