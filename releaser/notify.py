@@ -2,9 +2,15 @@
 
 Delivery runs in a background thread per event so a slow or dead receiver
 never delays a publish or a rollback (the store lock is not held for it), and
-a failed delivery is logged, never raised: it cannot change an outcome. The
-threads are not daemons, so a short-lived CLI process still finishes its
-deliveries (bounded by retries x timeout) before it exits.
+a failed delivery is logged, never raised: it cannot change an outcome.
+
+Each attempt has one overall deadline of timeout_s (connect, send, status line;
+see http_request), so a receiver that answers slowly cannot hold a delivery
+longer than retries x timeout plus the delays. A 2xx status is a delivery: the
+body is not read, so a receiver that stalls after its status is not sent the
+event twice. The threads are daemons; an atexit handler waits for deliveries in
+flight, at most until their own worst case and never over EXIT_WAIT_MAX_S, so
+a short-lived CLI process neither loses a notification nor hangs on one.
 
 Payload:
     {"action": "publish", "outcome": "published",
@@ -18,6 +24,8 @@ action "auto-revert", outcome "reverted" (release = the bad one).
 
 from __future__ import annotations
 
+import atexit
+import http.client
 import json
 import logging
 import socket
@@ -25,7 +33,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,9 +43,135 @@ from .config import Notify, Webhook
 log = logging.getLogger("releaser.notify")
 
 ACTIONS = ("reject", "publish", "rollback", "auto-revert")
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_pending: set[threading.Thread] = set()
+# at exit, wait at most this long in all for deliveries still in flight
+EXIT_WAIT_MAX_S = 60.0
+# thread -> monotonic time by which its delivery has given up (all attempts)
+_pending: dict[threading.Thread, float] = {}
 _pending_lock = threading.Lock()
+
+
+class NoAnswer(Exception):
+    """An HTTP request got no (complete) answer: refused, reset, or past its deadline."""
+
+
+class _Deadline:
+    """One deadline for a whole request: at expiry the sockets are shut down.
+
+    The socket timeout alone applies per read, so a peer sending a byte now and
+    then would never trip it; shutting the socket down ends any blocked read.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.at = time.monotonic() + timeout_s
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            with suppress(OSError):  # already closed: nothing to interrupt
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.append(sock)
+            expired = self.expired
+        if expired:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def connection(self, http_class: Callable[..., http.client.HTTPConnection]
+                   ) -> Callable[..., http.client.HTTPConnection]:
+        """A factory for urllib's do_open: connections that connect within the deadline."""
+        def make(host: str, **kw: Any) -> http.client.HTTPConnection:
+            conn = http_class(host, **kw)
+            plain_connect = conn.connect
+
+            def connect() -> None:
+                left = self.at - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                conn.timeout = min(conn.timeout or left, left)
+                plain_connect()
+                self._watch(conn.sock)  # (TLS: the handshake is bounded per read only)
+
+            conn.connect = connect  # type: ignore[method-assign]
+            return conn
+        return make
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+
+def http_request(url: str, *, timeout_s: float, data: bytes | None = None,
+                 method: str | None = None, headers: dict[str, str] | None = None,
+                 body_max: int = 0) -> tuple[int, bytes]:
+    """(status, body) of one request that ends within timeout_s in all.
+
+    Connect, send, status line, headers (and redirects) and, with body_max > 0,
+    up to body_max bytes of the body share one deadline. Any status is an answer
+    (a non-2xx too). No proxy from the environment is used. Raises NoAnswer.
+    """
+    deadline = _Deadline(timeout_s)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), _DeadlineHTTP(deadline), _DeadlineHTTPS(deadline))
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    late = f"no complete answer within {timeout_s:g} s"
+    with deadline:
+        resp: Any
+        try:
+            resp = opener.open(req, timeout=timeout_s)
+        except urllib.error.HTTPError as exc:  # a non-2xx answer is still an answer
+            resp = exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                raise NoAnswer(late) from None
+            raise NoAnswer(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
+        try:
+            status = int(resp.code)
+            body = b""
+            if body_max and resp.fp is not None:
+                try:
+                    body = resp.read(body_max)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise NoAnswer(late if deadline.expired else
+                                   f"status {status}, body unreadable: {exc!r}") from None
+                if deadline.expired:  # the body may be cut short by the shutdown
+                    raise NoAnswer(late)
+        finally:
+            with suppress(Exception):
+                resp.close()
+    return status, body
 
 
 def payload(action: str, outcome: str, *, release: dict[str, Any],
@@ -55,6 +190,12 @@ def payload(action: str, outcome: str, *, release: dict[str, Any],
     }
 
 
+def worst_case_s(hook: Webhook) -> float:
+    """The longest one delivery to hook can take (every attempt to its deadline)."""
+    delays = sum(hook.retry_delay_s * 2 ** i for i in range(hook.retries))
+    return (hook.retries + 1) * hook.timeout_s + delays
+
+
 def send(cfg: Notify, body: dict[str, Any]) -> list[threading.Thread]:
     """Start delivering body to every webhook that wants its action; returns at once."""
     threads = []
@@ -62,9 +203,9 @@ def send(cfg: Notify, body: dict[str, Any]) -> list[threading.Thread]:
         if hook.events and body["action"] not in hook.events:
             continue
         t = threading.Thread(target=_deliver_tracked, args=(hook, body),
-                             name=f"notify-{body['action']}", daemon=False)
+                             name=f"notify-{body['action']}", daemon=True)
         with _pending_lock:
-            _pending.add(t)
+            _pending[t] = time.monotonic() + worst_case_s(hook) + 1.0
         t.start()
         threads.append(t)
     return threads
@@ -86,6 +227,21 @@ def flush(timeout_s: float | None = None) -> bool:
                 return not _pending
 
 
+@atexit.register
+def _flush_at_exit() -> None:
+    """Before the process ends: let deliveries in flight finish, within a bound."""
+    with _pending_lock:
+        if not _pending:
+            return
+        n, until = len(_pending), max(_pending.values())
+    wait_s = min(max(until - time.monotonic(), 0.0), EXIT_WAIT_MAX_S)
+    log.info("waiting up to %.1f s for %d notification(s) in flight", wait_s, n)
+    if not flush(wait_s):
+        with _pending_lock:
+            left = len(_pending)
+        log.error("exiting with %d notification(s) not delivered", left)
+
+
 def _deliver_tracked(hook: Webhook, body: dict[str, Any]) -> None:
     try:
         deliver(hook, body)
@@ -93,28 +249,30 @@ def _deliver_tracked(hook: Webhook, body: dict[str, Any]) -> None:
         log.exception("notification to %s failed unexpectedly", hook.url)
     finally:
         with _pending_lock:
-            _pending.discard(threading.current_thread())
+            _pending.pop(threading.current_thread(), None)
 
 
 def deliver(hook: Webhook, body: dict[str, Any]) -> bool:
-    """POST with retries (delay doubling from retry_delay_s); False when all failed."""
+    """POST with retries (delay doubling from retry_delay_s); False when all failed.
+
+    Each attempt ends within timeout_s; a 2xx status counts as delivered without
+    reading the body (so a slow or broken body never causes a second delivery)."""
     data = json.dumps(body, default=str).encode()
     problem = ""
     for attempt in range(hook.retries + 1):
         if attempt:
             time.sleep(hook.retry_delay_s * 2 ** (attempt - 1))
-        req = urllib.request.Request(
-            hook.url, data=data, method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "releaser-notify"})
         try:
-            with _OPENER.open(req, timeout=hook.timeout_s) as resp:
-                resp.read(1 << 16)
+            status, _ = http_request(
+                hook.url, data=data, method="POST", timeout_s=hook.timeout_s,
+                headers={"Content-Type": "application/json", "User-Agent": "releaser-notify"})
+        except NoAnswer as exc:
+            problem = str(exc)
+        else:
+            if 200 <= status < 300:
                 log.info("notified %s of %s %s", hook.url, body["action"], body["outcome"])
                 return True
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
+            problem = f"HTTP {status}"
         log.info("notification to %s: attempt %d failed: %s", hook.url, attempt + 1, problem)
     log.error("could not notify %s of %s %s after %d attempts: %s", hook.url, body["action"],
               body["outcome"], hook.retries + 1, problem)

@@ -11,20 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ExecProbe, HttpProbe, Verify
 from .hooks import run_command
+from .notify import NoAnswer, http_request
 
 log = logging.getLogger("releaser.verify")
 
 BODY_MAX = 1 << 20  # read at most 1 MiB of a probe's answer
-# the app is probed directly, never through a proxy from the environment
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _MISSING = object()
 
 
@@ -63,15 +60,13 @@ def check_http(probe: HttpProbe) -> str | None:
 
 
 def _http_once(probe: HttpProbe) -> str | None:
-    req = urllib.request.Request(probe.url, headers={"User-Agent": "releaser-verify"})
+    # timeout_s bounds the whole attempt (status and body), not each socket read:
+    # verification runs while the store lock is held. No proxy from the environment.
     try:
-        with _OPENER.open(req, timeout=probe.timeout_s) as resp:
-            status, body = resp.status, resp.read(BODY_MAX)
-    except urllib.error.HTTPError as exc:  # a non-2xx answer is still an answer
-        status, body = exc.code, exc.read(BODY_MAX) if exc.fp else b""
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"no answer: {reason}"
+        status, body = http_request(probe.url, timeout_s=probe.timeout_s, body_max=BODY_MAX,
+                                    headers={"User-Agent": "releaser-verify"})
+    except NoAnswer as exc:
+        return f"no answer: {exc}"
     if status != probe.expect_status:
         return f"status {status}, expected {probe.expect_status}" + _snippet(body)
     text = body.decode("utf-8", "replace")

@@ -9,6 +9,14 @@ with NAME.reason.json beside it.
 
 A handler error is logged and the file is set aside; it never stops the
 watcher. A busy store lock is not a rejection: the file is retried later.
+Temporary failures are retried too, with a doubling delay, up to
+TRANSIENT_ATTEMPTS tries before the file goes to rejected/ (the reason file says
+how often it was tried): a writer holding the file locked, the file changing
+while it was copied, and store I/O errors (exit 5, e.g. a full disk).
+
+The file's identity (device, inode, size, mtime) is taken when its publish
+starts; if a new build was dropped under the same name meanwhile, the new file
+is left in place and queued again (nothing is moved), so it is published too.
 SIGTERM / SIGINT stop the observer, let the current publish finish, and exit 0.
 """
 
@@ -41,8 +49,9 @@ from watchdog.observers.polling import PollingObserver
 
 from . import release, sdnotify
 from .config import Config
-from .errors import GateFailed, LockBusy, ReleaserError, UsageError
+from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, UsageError
 from .state import utcnow
+from .store import SourceChanged, StoreIOError
 
 log = logging.getLogger("releaser.watch")
 
@@ -50,8 +59,22 @@ DONE, REJECTED = "done", "rejected"
 IGNORED_SUFFIXES = ("-journal", "-wal", "-shm", ".reason.json")
 RESCAN_S = 30.0  # safety net for missed events (inotify queue overflow)
 ARRIVAL_EVENTS = (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED)
+# temporary failures (source locked or changing, store I/O): tries in all, and the
+# longest delay between two (the delay starts at [watch] lock_retry_s and doubles)
+TRANSIENT_ATTEMPTS = 6
+TRANSIENT_MAX_DELAY_S = 300.0
+
+Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
 
 ResultFn = Callable[[dict[str, Any]], None]
+
+
+def _identity(path: Path) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def is_candidate(name: str) -> bool:
@@ -94,6 +117,8 @@ class Watcher:
         self._pending: dict[Path, _Pending] = {}
         self._busy: set[Path] = set()  # queued or being published
         self._stuck: dict[Path, tuple[int, int]] = {}  # could not be moved away: skip
+        # temporary failures so far of the file now at path: (its identity, tries)
+        self._transient: dict[Path, tuple[Identity | None, int]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
 
     # -- set-up -------------------------------------------------------------
@@ -167,9 +192,9 @@ class Watcher:
             path = self._queue.get()
             if path is None:
                 return
-            retry = False
+            delay: float | None = None
             try:
-                retry = self.process(path)
+                delay = self.process(path)
             except Exception:  # noqa: BLE001 - one bad file must not stop the watcher
                 log.exception("%s: unexpected error while publishing", path)
                 self._finish(path, REJECTED, {"outcome": "error", "release_id": None,
@@ -177,17 +202,20 @@ class Watcher:
             finally:
                 with self._lock:
                     self._busy.discard(path)
-                    if retry:
+                    # events for path were ignored while it was busy: whatever sits there
+                    # now (a retry, a new build dropped under the same name, a file that
+                    # could not be moved) goes back to pending; settle() skips stuck ones
+                    if os.path.lexists(path):
                         now = time.monotonic()
                         self._pending[path] = _Pending(
-                            sig=None, since=now,
-                            not_before=now + self.config.watch.lock_retry_s)
+                            sig=None, since=now, not_before=now + (delay or 0.0))
 
-    def process(self, path: Path) -> bool:
-        """Publish one settled file; True when it should be retried later (lock busy)."""
-        if not path.exists():
+    def process(self, path: Path) -> float | None:
+        """Publish one settled file; the delay before a retry, or None when it is done."""
+        ident = _identity(path)
+        if ident is None:
             log.info("%s: gone before it could be published", path)
-            return False
+            return None
         sdnotify.notify(f"STATUS=publishing {path.name}")
         log.info("%s: publishing", path)
         doc: dict[str, Any]
@@ -198,36 +226,87 @@ class Watcher:
             log.info("%s: %s; trying again in %g s", path, exc.message,
                      self.config.watch.lock_retry_s)
             sdnotify.notify(f"STATUS=waiting for the store lock ({path.name})")
-            return True
-        except GateFailed as exc:
+            return self.config.watch.lock_retry_s
+        except (GateFailed, StoreIOError) as exc:
+            if _is_transient(exc):
+                return self._transient_failure(path, ident, exc)
+            self._transient.pop(path, None)
+            if not isinstance(exc, GateFailed):
+                self._finish(path, REJECTED, {"outcome": "error", "release_id": None,
+                                              "reasons": [exc.message],
+                                              "exit_code": exc.exit_code}, ident)
+                return None
             res = exc.report if isinstance(exc.report, release.PublishResult) else None
             doc = {"outcome": res.outcome if res else "rejected",
                    "release_id": res.release_id if res else None,
                    "reasons": (res.reasons if res and res.reasons else [exc.message]),
                    "warnings": res.warnings if res else [],
                    "sha256": res.sha256 if res else None, "exit_code": exc.exit_code}
-            self._finish(path, REJECTED, doc)
-            return False
-        except ReleaserError as exc:  # usage or I/O: set aside with the reason
+            self._finish(path, REJECTED, doc, ident)
+            return None
+        except ReleaserError as exc:  # usage error: set aside with the reason
+            self._transient.pop(path, None)
             self._finish(path, REJECTED, {"outcome": "error", "release_id": None,
-                                          "reasons": [exc.message], "exit_code": exc.exit_code})
-            return False
+                                          "reasons": [exc.message], "exit_code": exc.exit_code},
+                         ident)
+            return None
+        self._transient.pop(path, None)
         folder = DONE if result.outcome == "published" else REJECTED
         doc = {"outcome": result.outcome, "release_id": result.release_id,
                "reasons": result.reasons, "warnings": result.warnings,
                "sha256": result.sha256, "exit_code": 0}
-        self._finish(path, folder, doc)
-        return False
+        self._finish(path, folder, doc, ident)
+        return None
 
-    def _finish(self, path: Path, folder: str, doc: dict[str, Any]) -> None:
-        """Move the source aside, then write NAME.reason.json beside it."""
+    def _transient_failure(self, path: Path, ident: Identity, exc: ReleaserError) -> float | None:
+        """Count a temporary failure: the delay before the next try, or reject at the limit."""
+        seen, tries = self._transient.get(path, (None, 0))
+        tries = tries + 1 if seen == ident else 1
+        if tries < TRANSIENT_ATTEMPTS:
+            self._transient[path] = (ident, tries)
+            delay = min(self.config.watch.lock_retry_s * 2 ** (tries - 1), TRANSIENT_MAX_DELAY_S)
+            log.warning("%s: temporary failure (try %d of %d): %s; trying again in %g s",
+                        path, tries, TRANSIENT_ATTEMPTS, exc.message, delay)
+            sdnotify.notify(f"STATUS=retrying {path.name} in {delay:g} s")
+            return delay
+        self._transient.pop(path, None)
+        res = exc.report if isinstance(exc.report, release.PublishResult) else None
+        self._finish(path, REJECTED, {
+            "outcome": "error" if not isinstance(exc, GateFailed) else "rejected",
+            "release_id": res.release_id if res else None,
+            "reasons": [f"gave up after {tries} tries (temporary failure each time): "
+                        f"{exc.message}"],
+            "attempts": tries, "exit_code": exc.exit_code}, ident)
+        return None
+
+    def _finish(self, path: Path, folder: str, doc: dict[str, Any],
+                ident: Identity | None = None) -> None:
+        """Move the source aside, then write NAME.reason.json beside it.
+
+        ident: the file's identity when its publish started. When the file now at
+        path is another one (a new build dropped under the same name meanwhile) it is
+        left alone: nothing moves, and the worker queues it again.
+        """
         self.processed += 1
         doc = {"file": path.name, "source": str(path), **doc, "at": utcnow()}
         try:
+            now = _identity(path)
+            if ident is not None and now != ident:
+                raise _Replaced
             dest = _free_name(self.inbox / folder, path.name)
             os.rename(path, dest)
+            if ident is not None and _identity(dest) != ident:
+                # replaced between the check and the rename: put the new one back
+                os.link(dest, path)
+                os.unlink(dest)
+                raise _Replaced
             doc["moved_to"] = str(dest)
             _write_json(dest.with_name(f"{dest.name}.reason.json"), doc)
+        except _Replaced:
+            log.warning("%s: a new file was dropped under this name while the previous one "
+                        "was being published; it stays and is queued, nothing moved", path)
+            doc["moved_to"] = None
+            doc["replaced"] = True
         except OSError as exc:
             log.error("%s: cannot move it to %s/: %s; it stays and is skipped until it "
                       "changes", path, folder, exc.strerror or exc)
@@ -289,6 +368,19 @@ class Watcher:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+class _Replaced(Exception):
+    """The file at the path is no longer the one that was published."""
+
+
+def _is_transient(exc: ReleaserError) -> bool:
+    """Worth another try later: the source was locked or changing, or store I/O failed."""
+    if isinstance(exc, GateFailed):
+        # release.publish turns SourceChanged into a gate failure (`from None` keeps it
+        # as the context); "a writer holds it locked" is a SourceChanged too
+        return isinstance(exc.__context__, SourceChanged)
+    return isinstance(exc, StoreIOError) and exc.exit_code == EXIT_IO
 
 
 def _free_name(folder: Path, name: str) -> Path:

@@ -11,15 +11,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from releaser import release
-from releaser.config import load_config
+from releaser import notify, release
+from releaser.config import Webhook, load_config
 from tests.conftest import Env
 
 
 class Receiver:
-    """Collects POSTed JSON; answers 500 to the first `fail_first` requests."""
+    """Collects POSTed JSON; answers 500 to the first `fail_first` requests
+    (after `fail_delay_s`)."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, fail_delay_s: float = 0.0) -> None:
         self.bodies: list[dict] = []
         self.attempts = 0
         self.fail_first = fail_first
@@ -30,6 +31,7 @@ class Receiver:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 rec.attempts += 1
                 if rec.attempts <= rec.fail_first:
+                    time.sleep(fail_delay_s)
                     self.send_response(500)
                     self.end_headers()
                     return
@@ -61,6 +63,64 @@ def receiver() -> Iterator[Receiver]:
     yield r
     r.server.shutdown()
     r.server.server_close()
+
+
+class SlowServer:
+    """A raw TCP "HTTP server" on loopback that answers slowly, for deadline tests.
+
+    Per connection: read the request, send `head` one byte every `head_byte_s`,
+    then the body one byte every `body_byte_s` (0: all at once), or, with
+    body_byte_s None, nothing more until `stall_s` has passed.
+    """
+
+    def __init__(self, head: bytes, body: bytes = b"", *, head_byte_s: float = 0.0,
+                 body_byte_s: float | None = 0.0, stall_s: float = 30.0) -> None:
+        self.head, self.body = head, body
+        self.head_byte_s, self.body_byte_s, self.stall_s = head_byte_s, body_byte_s, stall_s
+        self.connections = 0
+        self.closed = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket, data: bytes, byte_s: float) -> None:
+        if not byte_s:
+            conn.sendall(data)
+            return
+        for i in range(len(data)):
+            if self.closed.wait(byte_s):
+                return
+            conn.sendall(data[i:i + 1])
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self._send(conn, self.head, self.head_byte_s)
+                if self.body_byte_s is None:
+                    self.closed.wait(self.stall_s)
+                else:
+                    self._send(conn, self.body, self.body_byte_s)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
 
 
 def webhook(url: str, **kw: object) -> str:
@@ -161,3 +221,61 @@ argv = ["false"]
     assert body["release"]["id"] == 3 and body["release"]["from_release_id"] == 2
     assert body["live_release_id"] == 2
     assert "exec false: exit 1" in body["reasons"][0]
+
+
+def _hook(url: str, **kw: object) -> Webhook:
+    return Webhook(url=url, **{"timeout_s": 1.0, "retries": 2, "retry_delay_s": 0.05, **kw})
+
+
+def test_a_2xx_is_delivered_once_even_when_its_body_never_comes() -> None:
+    # status and headers at once, then the promised body never arrives
+    server = SlowServer(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", body_byte_s=None)
+    try:
+        assert notify.deliver(_hook(server.url), {"action": "publish", "outcome": "published"})
+        assert server.connections == 1  # not retried: no duplicate delivery
+    finally:
+        server.close()
+
+
+def test_a_slow_answer_is_cut_off_at_timeout_per_attempt() -> None:
+    # one byte of the status line every 0.25 s: each read is quick, the answer takes ~10 s
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 20 + b"\r\n\r\n"
+    server = SlowServer(head, head_byte_s=0.25)
+    try:
+        t0 = time.monotonic()
+        ok = notify.deliver(_hook(server.url, retries=1), {"action": "publish",
+                                                           "outcome": "published"})
+        elapsed = time.monotonic() - t0
+        assert not ok and server.connections == 2
+        assert elapsed < 8  # two attempts of 1 s each (+ the delay), far below ~20 s
+    finally:
+        server.close()
+
+
+def test_cli_exits_despite_a_trickling_receiver(store: Env) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 200 + b"\r\n\r\n"
+    server = SlowServer(head, head_byte_s=0.25)  # a full answer would take ~60 s
+    try:
+        store.write_config(webhook(server.url, timeout_s=1, retries=1))
+        proc = store.run("publish", str(store.make_db("one.db", seed=1)), timeout=30)
+        assert "could not notify" in proc.stderr and "no complete answer within 1 s" in proc.stderr
+        assert store.status()["live"]["release_id"] == 1
+    finally:
+        server.close()
+
+
+def test_notify_threads_are_daemons_and_the_cli_waits_for_them(store: Env) -> None:
+    # the first attempt gets a 500 only after 1.5 s: the publish is long done by then, and
+    # the process must still be there to make the second attempt before it exits
+    slow = Receiver(fail_first=1, fail_delay_s=1.5)
+    try:
+        store.write_config(webhook(slow.url, timeout_s=5, retries=1))
+        store.run("publish", str(store.make_db("one.db", seed=1)))
+        assert slow.attempts == 2 and slow.actions() == [("publish", "published")]
+        threads = notify.send(load_config(store.config).notify,
+                              {"action": "publish", "outcome": "published"})
+        assert threads and all(t.daemon for t in threads)
+        assert notify.flush(10)
+    finally:
+        slow.server.shutdown()
+        slow.server.server_close()

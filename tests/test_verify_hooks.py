@@ -360,3 +360,24 @@ def test_http_probe_checks_status_body_json_and_retries(store: Env, app: App) ->
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/health"
     assert "no answer" in (check_http(HttpProbe(url=dead, retries=0)) or "")
+
+
+def test_http_probe_timeout_bounds_the_whole_answer() -> None:
+    """A 200 whose body trickles in (each read quick, ~10 s in all) fails at timeout_s."""
+    import time
+
+    from releaser.config import HttpProbe
+    from releaser.verify import check_http
+    from tests.test_notify import SlowServer
+
+    body = b'{"ok": true}' + b" " * 28
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    server = SlowServer(head, body, body_byte_s=0.25)
+    try:
+        t0 = time.monotonic()
+        problem = check_http(HttpProbe(url=server.url, retries=0, timeout_s=1,
+                                       body_contains="ok"))
+        assert problem is not None and "no complete answer within 1 s" in problem
+        assert time.monotonic() - t0 < 5  # generous: 1 s timeout, ~10 s answer
+    finally:
+        server.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import resource
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,11 @@ from tests.conftest import RELEASER_BIN, Env
 class Watch:
     """The watcher process; its JSON lines (one per processed file) on a queue."""
 
-    def __init__(self, env: Env, *args: str) -> None:
+    def __init__(self, env: Env, *args: str,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen(
             [str(RELEASER_BIN), "--config", str(env.config), "-v", "watch", "--json", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.results: queue.Queue[dict] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read_out, daemon=True).start()
@@ -184,3 +187,73 @@ def test_watch_without_inbox_is_usage_error(store: Env) -> None:
 def test_watch_without_store_is_usage_error(env: Env) -> None:
     r = env.run("watch", "--inbox", str(env.tmp / "inbox"), expect=2)
     assert "run `releaser init` first" in r.stderr
+
+
+def test_a_new_build_dropped_under_the_same_name_is_published_too(store: Env,
+                                                                  inbox: Path) -> None:
+    # the after_swap hook of the first publish drops build B under the same name (once)
+    b = store.make_db("b.db", seed=12)
+    target = inbox / "a.db"
+    store.write_config(
+        f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.3\n[hooks]\nafter_swap = [{{ argv = '
+        f'["sh", "-c", "if [ -e {b} ]; then mv {b} {target}; fi"], timeout_s = 10 }}]\n')
+    w = Watch(store)
+    try:
+        w.wait_log("watching")
+        a_bytes = store.make_db("a.db", seed=11).read_bytes()
+        store.make_db("a.db", seed=11).rename(target)
+        first = w.next()
+        assert (first["file"], first["outcome"], first["release_id"]) == ("a.db", "published", 1)
+        assert first["moved_to"] is None and first["replaced"] is True  # B was left alone
+        second = w.next()
+        assert (second["file"], second["outcome"], second["release_id"]) == (
+            "a.db", "published", 2)
+        assert reason(inbox, "done", "a.db")["release_id"] == 2
+        assert (inbox / "done" / "a.db").read_bytes() != a_bytes
+        assert store.status()["live"]["release_id"] == 2
+        assert not target.exists()
+    finally:
+        assert w.stop() == 0
+
+
+def test_a_source_locked_by_its_writer_is_retried_not_rejected(store: Env, inbox: Path,
+                                                               watcher: Watch) -> None:
+    watcher.wait_log("watching")
+    src = store.make_db("locked.db", seed=13)
+    writer = sqlite3.connect(src, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")  # no reader gets in; size and mtime stay put
+        src.rename(inbox / "locked.db")
+        watcher.wait_log("temporary failure (try 1 of 6)", timeout=60)
+        assert (inbox / "locked.db").exists()
+        assert not (inbox / "rejected" / "locked.db").exists()
+    finally:
+        writer.close()
+    got = watcher.next(timeout=60)
+    assert (got["file"], got["outcome"]) == ("locked.db", "published")
+    assert reason(inbox, "done", "locked.db")["outcome"] == "published"
+
+
+LIMIT = 2 << 20  # RLIMIT_FSIZE: far less than the candidate (see test_diskfull.py)
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def test_store_io_error_is_retried_then_rejected_with_the_count(store: Env,
+                                                                inbox: Path) -> None:
+    w = Watch(store, preexec_fn=_limit_file_size)  # every staging copy fails (EFBIG)
+    try:
+        w.wait_log("watching")
+        big = store.make_db("big.db", rows=40_000, seed=14)
+        assert big.stat().st_size > 2 * LIMIT
+        big.rename(inbox / "big.db")
+        got = w.next(timeout=90)
+        assert (got["file"], got["outcome"], got["attempts"]) == ("big.db", "error", 6)
+        why = reason(inbox, "rejected", "big.db")
+        assert why["reasons"][0].startswith("gave up after 6 tries (temporary failure")
+        assert "too large" in why["reasons"][0] or "space" in why["reasons"][0]
+        assert sum("temporary failure (try" in line for line in w.stderr) == 5
+    finally:
+        assert w.stop() == 0
