@@ -33,6 +33,9 @@ class ReleaserError(Exception):
 
 class GateFailed(ReleaserError):
     exit_code = EXIT_GATE
+    # the candidate may pass later unchanged (it was being written while copied):
+    # the watcher retries these instead of filing the build as rejected
+    transient = False
 
 
 class UsageError(ReleaserError):

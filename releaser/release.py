@@ -516,7 +516,9 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         staged = store.stage(source, slot, progress)
     except (SourceChanged, SourceUnreadable) as exc:
         _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None, note=note)
-        raise GateFailed(exc.message, report=result) from None
+        failed = GateFailed(exc.message, report=result)
+        failed.transient = isinstance(exc, SourceChanged)
+        raise failed from None
     except StoreIOError as exc:
         _record_error(ctx, result, exc, actor=actor)
         raise

@@ -51,7 +51,7 @@ from . import release, sdnotify
 from .config import Config
 from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, UsageError
 from .state import utcnow
-from .store import SourceChanged, StoreIOError
+from .store import StoreIOError
 
 log = logging.getLogger("releaser.watch")
 
@@ -377,9 +377,7 @@ class _Replaced(Exception):
 def _is_transient(exc: ReleaserError) -> bool:
     """Worth another try later: the source was locked or changing, or store I/O failed."""
     if isinstance(exc, GateFailed):
-        # release.publish turns SourceChanged into a gate failure (`from None` keeps it
-        # as the context); "a writer holds it locked" is a SourceChanged too
-        return isinstance(exc.__context__, SourceChanged)
+        return exc.transient  # the source was locked or changing while it was copied
     return isinstance(exc, StoreIOError) and exc.exit_code == EXIT_IO
 
 
