@@ -190,8 +190,10 @@ def _random_kills(env: Env, builds: list[Path], trials: int, seed: int) -> dict[
     return outcomes
 
 
-def test_sigkill_at_random_delays(live_store: Env, builds: list[Path]) -> None:
-    outcomes = _random_kills(live_store, builds, trials=15, seed=1)
+@pytest.mark.parametrize("seed", [1, 3])
+def test_sigkill_at_random_delays(live_store: Env, builds: list[Path], seed: int) -> None:
+    """30 random-delay kills in make test (two stores of 15, run in parallel)."""
+    outcomes = _random_kills(live_store, builds, trials=15, seed=seed)
     assert outcomes["killed"] >= 5, outcomes
 
 
