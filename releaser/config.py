@@ -157,15 +157,13 @@ class Watch:
 
 
 @dataclass(frozen=True)
-class HttpProbe:
+class HttpTarget:
+    """An HTTP endpoint called with a per-attempt deadline and retries."""
+
     url: str
-    expect_status: int = 200
-    # dotted path into a JSON body, and the value it must equal (optional)
-    json_field: str | None = None
-    json_value: str | int | float | bool | None = None
-    body_contains: str | None = None
     timeout_s: float = 5.0
     retries: int = 3
+    # first retry after this long (webhooks double it each time)
     retry_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -175,6 +173,20 @@ class HttpProbe:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.retries < 0 or self.retry_delay_s < 0:
             raise ValueError("retries and retry_delay_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class HttpProbe(HttpTarget):
+    """[[verify.http]]: the app answers expect_status (and the body checks) when healthy."""
+
+    expect_status: int = 200
+    # dotted path into a JSON body, and the value it must equal (optional)
+    json_field: str | None = None
+    json_value: str | int | float | bool | None = None
+    body_contains: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.json_value is not None and self.json_field is None:
             raise ValueError("json_value needs json_field (the dotted path it applies to)")
 
@@ -225,22 +237,14 @@ class Hooks:
 
 
 @dataclass(frozen=True)
-class Webhook:
-    url: str
-    timeout_s: float = 5.0
-    retries: int = 3
-    # first retry after this long, doubling each time
-    retry_delay_s: float = 1.0
+class Webhook(HttpTarget):
+    """[[notify.webhook]]: a JSON POST for each event that matters."""
+
     # which actions to send (reject, publish, rollback, auto-revert); empty means all
     events: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f'url must start with http:// or https://, got "{self.url}"')
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.retries < 0 or self.retry_delay_s < 0:
-            raise ValueError("retries and retry_delay_s must be >= 0")
+        super().__post_init__()
         unknown = sorted(set(self.events) - {"reject", "publish", "rollback", "auto-revert"})
         if unknown:
             raise ValueError(f"events: unknown action {unknown[0]!r} (known: reject, publish, "

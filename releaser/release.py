@@ -612,20 +612,14 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
 def _check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
                       previous_target: Path | None, *, actor: str, wait: bool) -> None:
     """Post-swap check through live_path, then hooks and the verify window."""
-    store, state, config = ctx.store, ctx.state, ctx.config
+    config = ctx.config
     live_id = result.previous_release_id
     post = _post_swap_check(ctx, final)
     result.post_swap = post
     if not post.passed():
         reasons = [r.reason() for r in post.blocking()]
-        _swap_back(store, previous_target)
-        with state.transaction():
-            state.set_status(rid, "bad", "; ".join(reasons)[:2000])
-            state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
-                            from_release_id=live_id,
-                            reason="post-swap check failed: " + "; ".join(reasons)[:2000])
-        result.outcome = "reverted"
-        result.reasons = reasons
+        _revert_swap(ctx, result, rid, previous_target, "post-swap check failed", reasons,
+                     actor=actor)
         log.error("release %s failed its post-swap check, swapped back: %s", rid,
                   "; ".join(reasons))
         _announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=result.sha256,
@@ -634,6 +628,18 @@ def _check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
     _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait)
+
+
+def _revert_swap(ctx: Context, result: PublishResult, rid: int, previous_target: Path | None,
+                 why: str, reasons: list[str], *, actor: str) -> None:
+    """A check after the swap failed: put the previous release back, mark this one bad."""
+    _swap_back(ctx.store, previous_target)
+    with ctx.state.transaction():
+        ctx.state.set_status(rid, "bad", "; ".join(reasons)[:2000])
+        ctx.state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
+                            from_release_id=result.previous_release_id,
+                            reason=f"{why}: " + "; ".join(reasons)[:2000])
+    result.outcome, result.reasons = "reverted", reasons
 
 
 def _undo_unverified_swap(ctx: Context, rid: int, previous_target: Path | None,
@@ -697,13 +703,8 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
         log.info("release %s verified (%d rounds)", rid, report.rounds)
         return
     reasons = report.reasons
-    _swap_back(store, previous_target)
-    with state.transaction():
-        state.set_status(rid, "bad", "; ".join(reasons)[:2000])
-        state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
-                        from_release_id=live_id,
-                        reason="verification failed: " + "; ".join(reasons)[:2000])
-    result.outcome, result.reasons = "reverted", reasons
+    _revert_swap(ctx, result, rid, previous_target, "verification failed", reasons,
+                 actor=actor)
     # info: the CLI prints the one-line error, the watcher logs its own line
     log.info("release %s failed verification, swapped back to %s: %s", rid, live_id,
              "; ".join(reasons))
