@@ -534,6 +534,7 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         baseline = live_rel.check_values() if live_rel else None
         report = gates.run_gates(staged.path, config, baseline)
         _add_schema_gates(report, staged.path, store.live_target(), config, allow_contract)
+        report.results.extend(_source_sidecar_warnings(source))
         if dry_run and _structural_ok(report):
             result.diff = _diff_vs_live(staged.path, source, ctx, live_id)
         result.report = report
@@ -660,8 +661,22 @@ def _undo_unverified_swap(ctx: Context, rid: int, previous_target: Path | None,
         log.exception("could not undo the swap of release %s", rid)
 
 
+def _source_sidecar_warnings(source: Path) -> list[gates.GateResult]:
+    """An empty -wal beside the source: nothing is pending (the copy is whole), but
+    SQLite deletes it when the last connection closes, so something may still have
+    the build open. A warning: `--strict` refuses it."""
+    wal = Path(f"{source}-wal")
+    if not wal.exists() or wal.stat().st_size > 0:
+        return []
+    return [gates.GateResult(
+        "source_wal", "file", gates.WARN, observed=0, threshold="no -wal beside the source",
+        detail=f"{wal} exists (0 bytes): a connection may still have the build open; "
+               "publish once the build has closed it, or without --strict")]
+
+
 def _structural_ok(report: gates.GateReport) -> bool:
-    return all(r.outcome == gates.PASS for r in report.results if r.kind in gates.STRUCTURAL)
+    return not any(r.outcome in (gates.FAIL, gates.ERROR)
+                   for r in report.results if r.kind in gates.STRUCTURAL)
 
 
 def _add_schema_gates(report: gates.GateReport, path: Path, live: Path | None, config: Config,

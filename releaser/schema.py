@@ -599,6 +599,18 @@ def plan_results(db: ReadOnlyDB, probes: tuple[Probe, ...], scan_rows_max: int
     return out
 
 
+def page_size_result(live: int, candidate: int) -> GateResult:
+    """A page size change is legal SQLite, but it changes the file size and every probe's
+    I/O pattern: a warning, so `--strict` refuses it and a reviewer sees it."""
+    r = GateResult("page_size", "file", PASS, observed=candidate,
+                   threshold=f"= {live} (the live release's)")
+    if candidate != live:
+        r.outcome = GATE_WARN
+        r.detail = (f"page size {candidate} differs from the live release's {live}: file "
+                    "size and probe I/O change; publish with --strict to refuse such builds")
+    return r
+
+
 def schema_gates(candidate: Path, live: Path | None, config: Config, *,
                  allow_contract: bool = False) -> list[GateResult]:
     """Schema compatibility against the live release (when there is one), then plans."""
@@ -612,8 +624,10 @@ def schema_gates(candidate: Path, live: Path | None, config: Config, *,
                 with ReadOnlyDB(live, timeout) as old:
                     before = read_schema(old)
                     used = probe_index_usage(old, config.probes)
+                    old_page = old.scalar("PRAGMA page_size")
                 changes = compare(before, read_schema(cand), used)
                 out.extend(compat_results(changes, allowed, how))
+                out.append(page_size_result(old_page, cand.scalar("PRAGMA page_size")))
             out.extend(plan_results(cand, config.probes, config.schema.scan_rows_max))
     except (sqlite3.DatabaseError, QueryTimeout) as exc:
         out.append(GateResult("schema", "schema_compat", ERROR,

@@ -12,6 +12,7 @@ A few edge inputs are not bad and must publish correctly (a pending WAL, a 0-byt
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -408,8 +409,16 @@ def test_zero_byte_wal_beside_the_source_publishes_as_delete_mode(published: Env
         conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
     Path(f"{src}-wal").write_bytes(b"")
-    proc = run_releaser(env, "publish", str(src))
+    # a warning: --strict refuses it with one line, nothing changed
+    before = _store_fingerprint(env)
+    strict = run_releaser(env, "publish", "--strict", str(src))
+    assert strict.returncode == 1
+    err = strict.stderr.strip().splitlines()
+    assert len(err) == 1 and str(src) in err[0] and "-wal exists (0 bytes)" in err[0]
+    assert _store_fingerprint(env) == before
+    proc = run_releaser(env, "publish", "--json", str(src))
     assert proc.returncode == 0, proc.stderr
+    assert any("-wal exists (0 bytes)" in w for w in json.loads(proc.stdout)["warnings"])
     mode, perm, _ = _journal_mode_and_perm(_published_release(env))
     assert mode == "delete" and perm == 0o444
     assert leftovers(env) == []
@@ -420,8 +429,17 @@ def test_other_page_sizes_publish_and_keep_their_page_size(published: Env,
                                                            page_size: int) -> None:
     env = published
     src = env.make_db(f"ps{page_size}.db", seed=41, page_size=page_size)
-    proc = run_releaser(env, "publish", str(src))
+    # a page size other than the live release's is a warning: --strict refuses it
+    before = _store_fingerprint(env)
+    strict = run_releaser(env, "publish", "--strict", str(src))
+    assert strict.returncode == 1
+    err = strict.stderr.strip().splitlines()
+    assert len(err) == 1 and str(src) in err[0] and f"page size {page_size} differs" in err[0]
+    assert _store_fingerprint(env) == before
+    proc = run_releaser(env, "publish", "--json", str(src))
     assert proc.returncode == 0, proc.stderr
+    assert any(f"page size {page_size} differs" in w
+               for w in json.loads(proc.stdout)["warnings"])
     rel = _published_release(env)
     conn = sqlite3.connect(f"file:{rel}?mode=ro", uri=True)
     try:
@@ -479,3 +497,10 @@ def test_publish_while_a_sqlite_writer_commits_gets_one_committed_state(publishe
         writer.wait()
     assert leftovers(env) == []
     print("publish exits while writing:", outcomes)
+
+
+def test_dry_run_of_a_warned_build_still_shows_the_diff(published: Env) -> None:
+    src = published.make_db("ps512-dry.db", seed=41, page_size=512)
+    doc = published.cli_json("publish", "--dry-run", str(src))
+    assert doc["outcome"] == "validated" and doc["diff"] is not None
+    assert any("page size 512 differs" in w for w in doc["warnings"])
