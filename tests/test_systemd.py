@@ -113,3 +113,14 @@ def test_make_install_systemd_into_a_staging_tree(tmp_path: Path) -> None:
     proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "keeping existing" in proc.stdout
     assert conf.read_text() == "# edited\n"
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_the_app_user_can_read_releases_the_service_writes(unit: Path) -> None:
+    """The app runs as another user and opens releases through the live symlink: the
+    store folders the service creates must stay traversable and the files readable."""
+    s = settings(unit)
+    state_mode = int(s.get("StateDirectoryMode", ["0755"])[-1], 8)
+    umask = int(s.get("UMask", ["0022"])[-1], 8)
+    assert state_mode & 0o005 == 0o005, "others cannot traverse the store root"
+    assert umask & 0o005 == 0, "new slot folders would not be traversable by the app"
