@@ -235,24 +235,12 @@ def compare(old: Schema, new: Schema, probe_indexes: dict[str, list[str]] | None
     used: dict[str, list[str]] = {}
     for iname, probes in (probe_indexes or {}).items():
         used.setdefault(iname.lower(), []).extend(probes)
-    out: list[SchemaChange] = []
-    for key in sorted(old.tables.keys() - new.tables.keys()):
-        name = old.tables[key].name
-        out.append(SchemaChange(CONTRACT, "table", name, "removed",
-                                f"table {name} removed or renamed"))
-    for key in sorted(new.tables.keys() - old.tables.keys()):
-        name = new.tables[key].name
-        out.append(SchemaChange(EXPAND, "table", name, "added", f"table {name} added"))
+    out = _removed_and_added("table", old.tables, new.tables, CONTRACT, "removed or renamed")
     for key in sorted(old.tables.keys() & new.tables.keys()):
         out.extend(_compare_table(old.tables[key], new.tables[key]))
     out.extend(_compare_indexes(old, new, used))
     out.extend(_compare_views(old, new))
-    for key in sorted(old.triggers.keys() - new.triggers.keys()):
-        name = old.triggers[key].name
-        out.append(SchemaChange(WARN, "trigger", name, "removed", f"trigger {name} removed"))
-    for key in sorted(new.triggers.keys() - old.triggers.keys()):
-        name = new.triggers[key].name
-        out.append(SchemaChange(EXPAND, "trigger", name, "added", f"trigger {name} added"))
+    out.extend(_removed_and_added("trigger", old.triggers, new.triggers, WARN, "removed"))
     for key in sorted(old.triggers.keys() & new.triggers.keys()):
         if old.triggers[key].sql != new.triggers[key].sql:
             name = new.triggers[key].name
@@ -389,15 +377,19 @@ def _compare_indexes(old: Schema, new: Schema, used: dict[str, list[str]]
     return out
 
 
+def _removed_and_added(kind: str, old: dict[str, Any], new: dict[str, Any],
+                       removed_category: str, removed_words: str) -> list[SchemaChange]:
+    """Objects (keyed by lower-cased name) only in old, then only in new (expand)."""
+    out = [SchemaChange(removed_category, kind, old[k].name, "removed",
+                        f"{kind} {old[k].name} {removed_words}")
+           for k in sorted(old.keys() - new.keys())]
+    out += [SchemaChange(EXPAND, kind, new[k].name, "added", f"{kind} {new[k].name} added")
+            for k in sorted(new.keys() - old.keys())]
+    return out
+
+
 def _compare_views(old: Schema, new: Schema) -> list[SchemaChange]:
-    out: list[SchemaChange] = []
-    for key in sorted(old.views.keys() - new.views.keys()):
-        name = old.views[key].name
-        out.append(SchemaChange(CONTRACT, "view", name, "removed",
-                                f"view {name} removed or renamed"))
-    for key in sorted(new.views.keys() - old.views.keys()):
-        name = new.views[key].name
-        out.append(SchemaChange(EXPAND, "view", name, "added", f"view {name} added"))
+    out = _removed_and_added("view", old.views, new.views, CONTRACT, "removed or renamed")
     for key in sorted(old.views.keys() & new.views.keys()):
         a, b = old.views[key], new.views[key]
         name = b.name
