@@ -35,10 +35,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 
 from .config import Notify, Webhook
+from .state import utcnow
 
 log = logging.getLogger("releaser.notify")
 
@@ -115,22 +115,24 @@ class _Deadline:
         return make
 
 
-class _DeadlineHTTP(urllib.request.HTTPHandler):
+class _DeadlineOpen:
+    """Mixed into urllib's HTTP(S) handlers: their connections honour one deadline."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self.deadline = deadline
 
     def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-        return super().do_open(self.deadline.connection(http_class), req, **kw)
+        return super().do_open(  # type: ignore[misc]
+            self.deadline.connection(http_class), req, **kw)
 
 
-class _DeadlineHTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
+class _DeadlineHTTP(_DeadlineOpen, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-        return super().do_open(self.deadline.connection(http_class), req, **kw)
+
+class _DeadlineHTTPS(_DeadlineOpen, urllib.request.HTTPSHandler):
+    pass
 
 
 def http_request(url: str, *, timeout_s: float, data: bytes | None = None,
@@ -184,7 +186,7 @@ def payload(action: str, outcome: str, *, release: dict[str, Any],
         "release": release,
         "reasons": list(reasons),
         "host": socket.gethostname(),
-        "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "at": utcnow(),
         "live_path": live_path,
         "live_release_id": live_release_id,
     }
