@@ -232,10 +232,7 @@ class Monitor:
         """An auto-revert event from this release exists (e.g. before a restart)."""
         try:
             with release.open_store(self.config) as ctx:
-                row = ctx.state.conn.execute(
-                    "SELECT 1 FROM events WHERE action='auto-revert' AND from_release_id=?"
-                    " LIMIT 1", (rid,)).fetchone()
-            return row is not None
+                return ctx.state.auto_reverted_from(rid)
         except Exception:  # noqa: BLE001 - unknown: let revert_live decide
             return False
 
