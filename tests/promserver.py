@@ -1,0 +1,264 @@
+"""A real Prometheus scraping a small real app, for the analysis tests.
+
+TestApp: an HTTP server on 127.0.0.1 serving any number of virtual hosts (one
+per test, so tests never see each other's traffic). GET /NAME/tags?name=X is
+answered from that host's live release (sqlite3, read-only, through its
+live_path as the real app does). GET /metrics: prometheus-client metrics
+labelled host=NAME: http_requests_total{host,status}, the latency histogram
+http_request_duration_seconds{host}, db_connections_in_use / db_connections_max.
+A Fault makes a host answer 500 to a share of requests (and/or sleep) while a
+given release is live, from a given moment: the test controls error rate and
+latency. LoadGen: a thread sending a host real requests (about 40 a second).
+PromServer: the Debian `prometheus` binary on a free port, storage in tmp, a
+1 s scrape interval, scraping the app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def need_prometheus() -> None:
+    """Skip without the binary, except in CI, where .ci/run installs it."""
+    if not os.path.exists(PROMETHEUS) and os.environ.get("CI") != "true":
+        pytest.skip("needs the Debian prometheus package (apt-get install prometheus)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Fault:
+    """While release_id is live (None: any) and after `start` (monotonic)."""
+
+    error_ratio: float = 0.0
+    latency_s: float = 0.0
+    release_id: int | None = None
+    start: float = 0.0
+
+
+@dataclass
+class VHost:
+    name: str
+    live_path: Path | None = None
+    fault: Fault | None = None
+    connections_in_use: float = 3.0
+    served: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def live_release(self) -> int | None:
+        if self.live_path is None:
+            return None
+        m = re.search(r"release-(\d+)\.db$", os.path.realpath(self.live_path))
+        return int(m.group(1)) if m else None
+
+
+class TestApp:
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, VHost] = {}
+        self.registry = CollectorRegistry()
+        self.requests = Counter("http_requests", "Requests answered.", ["host", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("http_request_duration_seconds", "Request latency.",
+                                 ["host"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5),
+                                 registry=self.registry)
+        self.conns = Gauge("db_connections_in_use", "Open database connections.", ["host"],
+                           registry=self.registry)
+        self.conns_max = Gauge("db_connections_max", "Connection pool size.", ["host"],
+                               registry=self.registry)
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path == "/metrics":
+                    for h in list(app.hosts.values()):
+                        app.conns.labels(host=h.name).set(h.connections_in_use)
+                    self._send(200, generate_latest(app.registry), "text/plain; version=0.0.4")
+                    return
+                name = self.path.lstrip("/").split("/", 1)[0]
+                host = app.hosts.get(name)
+                if host is None:
+                    self._send(404, b"{}", "application/json")
+                    return
+                t0 = time.perf_counter()
+                status, body = app.answer(host, self.path)
+                app.latency.labels(host=name).observe(time.perf_counter() - t0)
+                app.requests.labels(host=name, status=str(status)).inc()
+                self._send(status, body, "application/json")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.target = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def add_host(self, name: str, live_path: Path) -> VHost:
+        host = VHost(name, live_path)
+        self.conns_max.labels(host=name).set(10)
+        self.hosts[name] = host
+        return host
+
+    def answer(self, host: VHost, path: str) -> tuple[int, bytes]:
+        fault = host.fault
+        if fault is not None and time.monotonic() >= fault.start and (
+                fault.release_id is None or fault.release_id == host.live_release()):
+            if fault.latency_s:
+                time.sleep(fault.latency_s)
+            with host.lock:
+                host.served += 1
+                n = host.served
+            # deterministic share: every k-th request fails
+            if fault.error_ratio and n % max(1, round(1 / fault.error_ratio)) == 0:
+                return 500, b'{"error": "injected"}'
+        if host.live_path is None:
+            return 503, b'{"error": "no live_path"}'
+        name = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("name", ["x"])[0]
+        try:
+            conn = sqlite3.connect(f"file:{host.live_path}?mode=ro", uri=True, timeout=1)
+            try:
+                row = conn.execute("SELECT post_count FROM tags_final WHERE name = ?",
+                                   (name,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return 500, json.dumps({"error": str(exc)}).encode()
+        return 200, json.dumps({"name": name, "post_count": row[0] if row else None}).encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LoadGen:
+    """Real requests to one host of the app, about `rate` a second, until stopped."""
+
+    def __init__(self, app: TestApp, host: str, rate: float = 40.0) -> None:
+        self.url, self.period = f"{app.url}/{host}/tags?name=1girl", 1.0 / rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+            except (urllib.error.URLError, OSError):
+                pass  # a 500 is what the test asked for
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class PromServer:
+    """`prometheus` on 127.0.0.1:<free port>, 1 s scrapes of the given targets."""
+
+    def __init__(self, tmp: Path, targets: list[str]) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.config = tmp / "prometheus.yml"
+        self.config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: app\n    static_configs:\n"
+            f"      - targets: {json.dumps(targets)}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.url = ""
+        self.log = tmp / "prometheus.log"
+
+    def start(self) -> PromServer:
+        for _attempt in range(5):  # the free port may be taken between bind and listen
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [PROMETHEUS, f"--config.file={self.config}",
+                     f"--storage.tsdb.path={self.tmp / 'data'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                    stdout=log, stderr=subprocess.STDOUT)
+            if self._ready(15.0):
+                return self
+            self.stop()
+        raise AssertionError(f"prometheus did not start:\n{self.log.read_text()[-2000:]}")
+
+    def _ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        return False
+
+    def query(self, promql: str) -> dict[str, Any]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())["data"]  # type: ignore[no-any-return]
+
+    def wait_for(self, promql: str, pred: Any, timeout: float = 20.0) -> list[float]:
+        """Poll an instant query until pred(values) holds; returns the values."""
+        deadline = time.monotonic() + timeout
+        values: list[float] = []
+        while time.monotonic() < deadline:
+            data = self.query(promql)
+            res = data["result"]
+            values = [float(res[1])] if data["resultType"] == "scalar" else [
+                float(s["value"][1]) for s in res]
+            if pred(values):
+                return values
+            time.sleep(0.25)
+        raise AssertionError(f"{promql}: still {values} after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
