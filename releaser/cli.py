@@ -1,4 +1,4 @@
-"""The command line: a thin click layer over releaser.release.
+"""The command line: a thin click layer over the verbs (recover, publish, rollback, views).
 
 Library errors (ReleaserError) become one line on stderr and their exit code;
 anything unexpected is exit 5 with a hint to rerun with --debug for the traceback.
@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from . import __version__, release
+from . import __version__
 from .config import Config, load_config
 from .diff import render as render_diff
 from .errors import EXIT_IO, ReleaserError
@@ -190,7 +190,9 @@ def init(as_json: bool) -> None:
       releaser --config /etc/releaser/releaser.toml init
       releaser --root ./var/releaser --live ./var/app/tags.db init
     """
-    result = release.init(_settings().config, actor=actor())
+    from .recover import init as init_store
+
+    result = init_store(_settings().config, actor=actor())
     if as_json:
         emit_json(result)
         return
@@ -224,7 +226,9 @@ def validate(db: Path, strict: bool, as_json: bool) -> None:
       releaser validate output/tags.db
       releaser validate output/tags.db --strict --json
     """
-    report = release.validate(_settings().config, db)
+    from .views import validate as validate_file
+
+    report = validate_file(_settings().config, db)
     ok = report.passed(strict)
     if as_json:
         emit_json({"ok": ok, "path": str(db), "checks": report.as_dict()["checks"]})
@@ -272,6 +276,9 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
       releaser publish output/tags.db --no-wait
       releaser publish output/tags.db --allow-contract --note "drop legacy column"
     """
+    from .publish import publish as publish_build
+    from .results import PublishResult
+
     config = _settings().config
     size = db.stat().st_size if db.is_file() else 0
     bar_cm: AbstractContextManager[Any] = nullcontext(None)
@@ -280,11 +287,11 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
     with bar_cm as bar, interrupt_on_signals():
         progress: Callable[[int], None] | None = bar.update if bar is not None else None
         try:
-            result = release.publish(config, db, actor=actor(), note=note, dry_run=dry_run,
-                                     strict=strict, wait_s=wait_s, progress=progress,
-                                     wait_window=not no_wait, allow_contract=allow_contract)
+            result = publish_build(config, db, actor=actor(), note=note, dry_run=dry_run,
+                                   strict=strict, wait_s=wait_s, progress=progress,
+                                   wait_window=not no_wait, allow_contract=allow_contract)
         except ReleaserError as exc:
-            if isinstance(exc.report, release.PublishResult):
+            if isinstance(exc.report, PublishResult):
                 if as_json:
                     emit_json(exc.report.as_dict())
                 else:
@@ -352,9 +359,12 @@ def rollback(to: str | None, reason: str | None, wait_s: float, as_json: bool) -
       releaser rollback --reason "categories look wrong"
       releaser rollback --to 12
     """
-    target = release.parse_release_id(to) if to is not None else None
-    result = release.rollback(_settings().config, actor=actor(), to=target, reason=reason,
-                              wait_s=wait_s)
+    from .rollback import rollback as roll_back
+    from .session import parse_release_id
+
+    target = parse_release_id(to) if to is not None else None
+    result = roll_back(_settings().config, actor=actor(), to=target, reason=reason,
+                       wait_s=wait_s)
     if as_json:
         emit_json(result.as_dict())
         return
@@ -376,7 +386,9 @@ def status(as_json: bool) -> None:
       releaser status
       releaser status --json | jq .live.release_id
     """
-    doc = release.status(_settings().config)
+    from .views import status as store_status
+
+    doc = store_status(_settings().config)
     if as_json:
         emit_json(doc)
         return
@@ -425,7 +437,9 @@ def history(limit: int, as_json: bool) -> None:
       releaser history
       releaser history --limit 100 --json
     """
-    events = release.history(_settings().config, limit)
+    from .views import history as store_history
+
+    events = store_history(_settings().config, limit)
     if as_json:
         emit_json(events)
         return
@@ -455,7 +469,9 @@ def check(full_hash: bool, no_integrity: bool, as_json: bool) -> None:
       releaser check
       releaser check --hash --json
     """
-    report = release.check(_settings().config, actor=actor(), full_hash=full_hash,
+    from .views import check as check_live
+
+    report = check_live(_settings().config, actor=actor(), full_hash=full_hash,
                            integrity=not no_integrity)
     if as_json:
         emit_json(report.as_dict())
@@ -493,7 +509,9 @@ def diff(a: str | None, b: str | None, as_json: bool) -> None:
       releaser diff r3 r5 --json
       releaser diff old.db new-build.db
     """
-    doc = release.diff(_settings().config, a, b)
+    from .views import diff as diff_sides
+
+    doc = diff_sides(_settings().config, a, b)
     if as_json:
         emit_json(doc)
         return
@@ -515,7 +533,9 @@ def releases(as_json: bool) -> None:
       releaser releases
       releaser releases --json | jq '.[] | select(.rollback_ok) | .release_id'
     """
-    rows = release.releases(_settings().config)
+    from .views import releases as list_releases
+
+    rows = list_releases(_settings().config)
     if as_json:
         emit_json(rows)
         return

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gates, schema
+from . import gates, plans, schema
 from .config import Config
 from .db import QueryTimeout, ReadOnlyDB
 from .errors import UsageError
@@ -66,8 +66,8 @@ def _tables(sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB, db_: ReadOnlyD
     out = []
     for key in sorted(sa.tables.keys() | sb.tables.keys()):
         ta, tb = sa.tables.get(key), sb.tables.get(key)
-        a = schema.row_count(da, ta.name, timeout_ms=timeout_ms) if ta else None
-        b = schema.row_count(db_, tb.name, timeout_ms=timeout_ms) if tb else None
+        a = plans.row_count(da, ta.name, timeout_ms=timeout_ms) if ta else None
+        b = plans.row_count(db_, tb.name, timeout_ms=timeout_ms) if tb else None
         out.append({"table": (ta or tb).name, "a": a, "b": b,  # type: ignore[union-attr]
                     **_change(a, b)})
     return out
@@ -192,7 +192,7 @@ def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
     with da, db_:
         try:
             sa, sb = schema.read_schema(da), schema.read_schema(db_)
-            changes = schema.compare(sb, sa, schema.probe_index_usage(db_, config.probes))
+            changes = schema.compare(sb, sa, plans.probe_index_usage(db_, config.probes))
             tables = _tables(sa, sb, da, db_, config.gates.integrity_timeout_ms)
             totals = {t["table"].lower(): (t["a"], t["b"]) for t in tables}
             return {

@@ -360,3 +360,8 @@ def quick_structural_check(path: Path, config: Config) -> GateReport:
         for probe in config.probes:
             report.results.append(run_probe(db, probe, 1))
     return report
+
+
+def structural_ok(report: GateReport) -> bool:
+    return not any(r.outcome in (FAIL, ERROR)
+                   for r in report.results if r.kind in STRUCTURAL)

@@ -16,8 +16,9 @@ from typing import Any
 from . import gates
 from .config import Config
 from .db import ReadOnlyDB
+from .staging import sha256_file
 from .state import Release, StateDB
-from .store import Store, sha256_file
+from .store import Store
 
 
 @dataclass

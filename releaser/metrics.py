@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from . import readers, release
+from . import readers, views
 from .config import Config
 from .errors import ReleaserError
 from .state import StateDB
@@ -207,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
                 doc = {k: snap[k] for k in ("ok", "release_id", "reasons", "critical")}
                 self._send_json(200 if snap["ok"] else 503, doc)
             elif path == "/status":
-                self._send_json(200, release.status(self.server.config))
+                self._send_json(200, views.status(self.server.config))
             elif path == "/":
                 self._send(200, b"releaser monitor: /metrics /healthz /status\n",
                            "text/plain; charset=utf-8")

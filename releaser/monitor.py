@@ -10,7 +10,7 @@ Every check belongs to the release live when it started (read first: a
 readlink); a check that cannot run at all (an I/O error, state.db unreadable)
 is a failed check of that release, recorded like any other. After
 failures_before_revert failed checks in a row of the same live release,
-release.revert_live(expect_live=that release) marks it bad and swaps to the
+rollback.revert_live(expect_live=that release) marks it bad and swaps to the
 previous good release; if a publish or rollback replaced it meanwhile, nothing
 is reverted. It is tried at most once per bad release (remembered here and read
 back from the event log after a restart): no flapping. When nothing is live, or
@@ -46,7 +46,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import health, release, sdnotify
+from . import health, rollback, sdnotify, session
 from .config import Config
 from .errors import LockBusy, ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
@@ -137,7 +137,7 @@ class Monitor:
         t0 = time.perf_counter()
         report: health.HealthReport | None = None
         try:
-            with release.open_store(self.config) as ctx:
+            with session.open_store(self.config) as ctx:
                 try:
                     _test_fault(live_id, self.config.live_path)
                     report = health.check_live(self.config, ctx.store, ctx.state,
@@ -205,12 +205,12 @@ class Monitor:
         self._arm_watchdog(self._budget_s(full_hash=True, integrity=False))
         self._reverting.set()
         try:
-            result = release.revert_live(self.config, actor=ACTOR, reasons=report.reasons,
+            result = rollback.revert_live(self.config, actor=ACTOR, reasons=report.reasons,
                                          expect_live=rid)
         except LockBusy as exc:
             log.warning("auto-revert postponed to the next check: %s", exc.message)
             return False
-        except release.LiveChanged as exc:
+        except rollback.LiveChanged as exc:
             log.info("auto-revert skipped: %s", exc.message)
             return False
         except (ReleaserError, OSError) as exc:
@@ -231,7 +231,7 @@ class Monitor:
     def _reverted_before(self, rid: int) -> bool:
         """An auto-revert event from this release exists (e.g. before a restart)."""
         try:
-            with release.open_store(self.config) as ctx:
+            with session.open_store(self.config) as ctx:
                 return ctx.state.auto_reverted_from(rid)
         except Exception:  # noqa: BLE001 - unknown: let revert_live decide
             return False
@@ -312,7 +312,7 @@ class Monitor:
     def run(self, *, listen: str | None = None, announce: Any = None) -> int:
         """Serve metrics, run the schedule until SIGTERM/SIGINT; returns the exit code."""
         # fail fast (exit 2) when there is no store, instead of checking nothing forever
-        with release.open_store(self.config) as ctx:
+        with session.open_store(self.config) as ctx:
             self.stats.last_success_ts = _iso_to_unix(
                 ctx.state.last_successful_health_check_at())
         listen = listen or self.mcfg.metrics_listen

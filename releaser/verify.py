@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import ExecProbe, HttpProbe, Verify
 from .hooks import run_command
-from .notify import NoAnswer, http_request
+from .httpclient import NoAnswer, http_request
 
 log = logging.getLogger("releaser.verify")
 

@@ -3,7 +3,7 @@
 Flow: watchdog events (inotify, or polling with --polling) and a start-up scan
 note candidate files -> the main loop publishes nothing itself; it waits until
 a file's size and mtime have been stable for settle_s and puts it on a queue ->
-one worker thread publishes it through release.publish (the same pipeline and
+one worker thread publishes it through publish.publish (the same pipeline and
 lock as `releaser publish`) -> the file moves to inbox/done/ or inbox/rejected/
 with NAME.reason.json beside it.
 
@@ -47,11 +47,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from . import release, sdnotify
+from . import publish, sdnotify, session
 from .config import Config
-from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, UsageError
+from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, StoreIOError, UsageError
+from .results import PublishResult
 from .state import utcnow
-from .store import StoreIOError
 
 log = logging.getLogger("releaser.watch")
 
@@ -125,7 +125,7 @@ class Watcher:
 
     def prepare(self) -> None:
         """Check the store and make the inbox folders (usage errors, exit 2)."""
-        with release.open_store(self.config) as ctx:
+        with session.open_store(self.config) as ctx:
             if ctx.store.is_inside(self.inbox):
                 raise UsageError(f"{self.inbox}: the inbox is inside the releaser store "
                                  f"({ctx.store.root}); use a folder outside it")
@@ -220,7 +220,7 @@ class Watcher:
         log.info("%s: publishing", path)
         doc: dict[str, Any]
         try:
-            result = release.publish(self.config, path, actor=self.actor,
+            result = publish.publish(self.config, path, actor=self.actor,
                                      note=f"watch: {path.name}", wait_window=True)
         except LockBusy as exc:
             log.info("%s: %s; trying again in %g s", path, exc.message,
@@ -236,7 +236,7 @@ class Watcher:
                                               "reasons": [exc.message],
                                               "exit_code": exc.exit_code}, ident)
                 return None
-            res = exc.report if isinstance(exc.report, release.PublishResult) else None
+            res = exc.report if isinstance(exc.report, PublishResult) else None
             doc = {"outcome": res.outcome if res else "rejected",
                    "release_id": res.release_id if res else None,
                    "reasons": (res.reasons if res and res.reasons else [exc.message]),
@@ -270,7 +270,7 @@ class Watcher:
             sdnotify.notify(f"STATUS=retrying {path.name} in {delay:g} s")
             return delay
         self._transient.pop(path, None)
-        res = exc.report if isinstance(exc.report, release.PublishResult) else None
+        res = exc.report if isinstance(exc.report, PublishResult) else None
         self._finish(path, REJECTED, {
             "outcome": "error" if not isinstance(exc, GateFailed) else "rejected",
             "release_id": res.release_id if res else None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser.release import parse_release_id
+from releaser.session import parse_release_id
 from releaser.store import Store
 
 from .conftest import RELEASER_BIN, Env

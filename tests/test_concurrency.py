@@ -1,6 +1,6 @@
 """Concurrency: 4 publishers, a rollback and a monitor auto-revert at once.
 
-All are real processes (the installed `releaser`, and `releaser.release.revert_live` in
+All are real processes (the installed `releaser`, and `releaser.rollback.revert_live` in
 a Python subprocess as the monitor calls it). They serialise on the store lock: each
 completes or exits 3; history has exactly one event per completed operation and the
 live-making events form one chain (each starts from the release the previous one made
@@ -30,7 +30,7 @@ MONITOR = """
 import json, sys
 from releaser.config import load_config
 from releaser.errors import LockBusy
-from releaser.release import revert_live
+from releaser.rollback import revert_live
 try:
     r = revert_live(load_config(sys.argv[1]), actor="monitor",
                     reasons=["concurrency test: live failed its checks"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser import release
+from releaser import views
 from releaser.config import load_config
 from releaser.metrics import PROBE_BUCKETS, CheckStats, Metrics, MetricsServer
 
@@ -132,7 +132,7 @@ def test_http_endpoints(published: Env) -> None:
                                     "critical": False}
         code, _ctype, body = _get(server.url + "/status")
         assert code == 200
-        assert json.loads(body) == json.loads(json.dumps(release.status(config), default=str))
+        assert json.loads(body) == json.loads(json.dumps(views.status(config), default=str))
         code, ctype, body = _get(server.url + "/metrics")
         assert code == 200 and "releaser_publishes_total 2.0" in body
         code, _ctype, body = _get(server.url + "/nope")

@@ -218,12 +218,12 @@ def test_revert_waits_for_a_running_publish(published: Env) -> None:
 
 def test_revert_refuses_when_live_changed_since_the_check(published: Env) -> None:
     """A publish between the failed check and the lock: the new release is not reverted."""
-    from releaser import release
+    from releaser import rollback
     from releaser.config import load_config
 
     before = published.snapshot()
-    with pytest.raises(release.LiveChanged, match="from release 1 to 2"):
-        release.revert_live(load_config(published.config), actor="monitor",
+    with pytest.raises(rollback.LiveChanged, match="from release 1 to 2"):
+        rollback.revert_live(load_config(published.config), actor="monitor",
                             reasons=["test"], expect_live=1)
     assert published.snapshot() == before
     assert events(published, "auto-revert") == []
@@ -436,7 +436,7 @@ def test_bench_check_cost_does_not_grow_with_size(tmp_path: Path) -> None:
     """Between the periodic full passes a check is O(1) in the file size."""
     import statistics
 
-    from releaser import health, release
+    from releaser import health, session
     from releaser.config import load_config
 
     medians = {}
@@ -444,7 +444,7 @@ def test_bench_check_cost_does_not_grow_with_size(tmp_path: Path) -> None:
         env = published_env(tmp_path / f"r{rows}")
         env.cli("publish", str(env.make_db("big.db", rows=rows, seed=5)))
         config = load_config(env.config)
-        with release.open_store(config) as ctx:
+        with session.open_store(config) as ctx:
             times = []
             for _ in range(21):
                 report = health.check_live(config, ctx.store, ctx.state, full_hash=False,

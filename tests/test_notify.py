@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from releaser import notify, release
+from releaser import notify, rollback
 from releaser.config import Webhook, load_config
 from tests.conftest import Env
 
@@ -163,7 +163,7 @@ def test_publish_reject_rollback_are_posted(store: Env, receiver: Receiver) -> N
 def test_auto_revert_by_the_monitor_is_posted(published: Env, receiver: Receiver) -> None:
     published.write_config(webhook(receiver.url))
     config = load_config(published.config)
-    result = release.revert_live(config, actor="monitor", reasons=["probe too slow"])
+    result = rollback.revert_live(config, actor="monitor", reasons=["probe too slow"])
     assert result is not None and result.release_id == 1
     (body,) = receiver.wait_for(1)
     assert (body["action"], body["outcome"]) == ("auto-revert", "ok")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser import release
+from releaser import publish, rollback
 from releaser.config import load_config
 from releaser.sample import write_sample
 
@@ -90,7 +90,7 @@ def _parse(lines: list[str], who: str) -> tuple[int, set[int]]:
 
 def _cycles(env: Env, builds: dict[int, Path], cycles: int) -> None:
     config = load_config(env.config)
-    release.publish(config, builds[SEEDS[0]], actor="readers-test")
+    publish.publish(config, builds[SEEDS[0]], actor="readers-test")
     others = [builds[s] for s in SEEDS[1:]]
     stop = env.tmp / "STOP"
     cli_logs = [env.tmp / f"cli-{i}.log" for i in range(2)]
@@ -107,8 +107,8 @@ def _cycles(env: Env, builds: dict[int, Path], cycles: int) -> None:
         time.sleep(0.3)
         for i in range(cycles):
             # publish a new build, then roll back to the one before: live flips each time
-            release.publish(config, others[i % len(others)], actor="readers-test")
-            release.rollback(config, actor="readers-test", reason=f"cycle {i}")
+            publish.publish(config, others[i % len(others)], actor="readers-test")
+            rollback.rollback(config, actor="readers-test", reason=f"cycle {i}")
     finally:
         stop.touch()
         for proc in readers:

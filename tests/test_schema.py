@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser import schema
+from releaser import plans, schema
 from releaser.config import Probe
 from releaser.db import ReadOnlyDB
 
@@ -112,12 +112,12 @@ def test_full_scans_resolve_aliases_and_ignore_index_scans(env: Env) -> None:
         tables = set(schema.read_schema(db).tables)
         aliased = Probe("p", "SELECT * FROM tags_final AS t WHERE t.classification_source = ?",
                         params=("x",))
-        plan = schema.query_plan(db, aliased)
-        assert schema.full_scans(plan, aliased.sql, tables) == [("tags_final", plan[0])]
+        plan = plans.query_plan(db, aliased)
+        assert plans.full_scans(plan, aliased.sql, tables) == [("tags_final", plan[0])]
         ordered = Probe("q", "SELECT name FROM tags_final ORDER BY post_count DESC LIMIT 5")
-        plan = schema.query_plan(db, ordered)
-        assert schema.full_scans(plan, ordered.sql, tables) == []
-        assert schema.indexes_used(plan) == {"idx_tags_post_count"}
+        plan = plans.query_plan(db, ordered)
+        assert plans.full_scans(plan, ordered.sql, tables) == []
+        assert plans.indexes_used(plan) == {"idx_tags_post_count"}
 
 
 # -- the publish gate ------------------------------------------------------------------
@@ -246,8 +246,8 @@ def test_probe_index_with_a_space_in_its_name_is_found_and_its_removal_fails(
     new = _db(tmp_path, "new.db", ddl)
     probe = Probe("by_name", 'SELECT n FROM "my tags" WHERE name = ?', params=("x",))
     with ReadOnlyDB(old, 5000) as db:
-        assert schema.query_plan(db, probe) == ["SEARCH my tags USING INDEX by name (name=?)"]
-        used = schema.probe_index_usage(db, (probe,))
+        assert plans.query_plan(db, probe) == ["SEARCH my tags USING INDEX by name (name=?)"]
+        used = plans.probe_index_usage(db, (probe,))
     assert used == {"by name": ["by_name"]}
     (change,) = schema.compare(_schema(old), _schema(new), used)
     assert (change.name, change.category) == ("by name", "contract")
@@ -267,8 +267,8 @@ def test_full_scans_match_quoted_case_and_schema_qualified_names(tmp_path: Path,
         "CREATE TABLE tags (id INTEGER PRIMARY KEY, n INT);"))
     with ReadOnlyDB(path, 5000) as db:
         tables = {t.name for t in schema.read_schema(db).tables.values()}
-        plan = schema.query_plan(db, Probe("p", sql))
-    (scan,) = schema.full_scans(plan, sql, tables)
+        plan = plans.query_plan(db, Probe("p", sql))
+    (scan,) = plans.full_scans(plan, sql, tables)
     assert scan == ("my tags" if "my tags" in sql else "tags", plan[0])
 
 
@@ -333,11 +333,11 @@ def test_plan_row_count_that_times_out_is_a_warn_not_an_error(tmp_path: Path) ->
     probe = Probe("by_y", "SELECT x FROM big WHERE y = ?", params=("3",))
     # 1 ms is far too short to count 300000 rows (compiling the plan takes no steps)
     with ReadOnlyDB(path, 1) as db:
-        (r,) = schema.plan_results(db, (probe,), scan_rows_max=10**9)
+        (r,) = plans.plan_results(db, (probe,), scan_rows_max=10**9)
     assert (r.outcome, r.observed) == ("warn", "full scan")
     assert "SCAN big (row count timed out after 1 ms)" in r.detail
     # the count stops at scan_rows_max + 1: a big table costs no more than that
     with ReadOnlyDB(path, 5000) as db:
-        assert schema.row_count(db, "big", limit=1001) == 1001
-        (r,) = schema.plan_results(db, (probe,), scan_rows_max=1000)
+        assert plans.row_count(db, "big", limit=1001) == 1001
+        (r,) = plans.plan_results(db, (probe,), scan_rows_max=1000)
     assert r.outcome == "warn" and "SCAN big: over [schema] scan_rows_max 1000" in r.detail

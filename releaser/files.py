@@ -1,0 +1,47 @@
+"""File primitives the store is built from: durable links, renames and removals.
+
+A new name for data is made under a temp name, renamed (or linked) into place, and
+its folder fsynced, so a power loss leaves the old name or the new one, never half.
+An OSError becomes a StoreIOError naming the file (disk full: what to free).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import suppress
+from pathlib import Path
+
+from .errors import StoreIOError
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_atomically(src: Path, tmp: Path, dest: Path) -> None:
+    """A new name for an existing file: link under a temp name, rename, fsync the folder."""
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise io_error(dest, exc) from None
+
+
+def io_error(path: Path, exc: OSError) -> StoreIOError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StoreIOError(f"{path}: no space left while writing ({exc.strerror}); free space "
+                            "under the store root and publish again")
+    return StoreIOError(f"{path}: {exc.strerror or exc}")
+
+
+def remove_quietly(*paths: Path) -> None:
+    for p in paths:
+        with suppress(OSError):
+            os.unlink(p)

@@ -1,0 +1,287 @@
+"""publish: preflight -> lock -> reconcile -> stage (staging.py) -> gates on the staged
+copy -> record -> place -> before_swap hooks -> swap -> checks after the swap
+(postswap.py) -> record -> prune the archive.
+
+Invariants: the gates read the staged copy, never the source; a release gets its
+row (status good) before its file gets a release name, and is marked published
+only once its checks through live_path passed; a failure before the swap removes
+its files and leaves live untouched; every refusal is recorded (a release row with
+status rejected and one reject event), except under --dry-run, which records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import diff as diffing
+from . import gates, hooks
+from .announce import announce, hook_env
+from .config import Config
+from .errors import GateFailed, ReleaserError, StoreIOError
+from .postswap import check_after_swap, undo_unverified_swap
+from .preflight import hot_journal, preflight_source, source_sidecar_warnings
+from .recover import reconcile
+from .results import PublishResult
+from .schema_gates import add_schema_gates
+from .session import Context, ensure_live_is_ours, open_store, previous_release, testpoint
+from .staging import ProgressFn, SourceChanged, SourceUnreadable, Staged
+from .store import SLOTS, FileIdentity
+
+log = logging.getLogger("releaser.publish")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[name] = round((now - self._t) * 1000, 3)
+        self._t = now
+
+
+def publish(
+    config: Config,
+    source: Path,
+    *,
+    actor: str,
+    note: str | None = None,
+    dry_run: bool = False,
+    strict: bool = False,
+    wait_s: float = 0.0,
+    progress: ProgressFn | None = None,
+    wait_window: bool = True,
+    allow_contract: bool = False,
+) -> PublishResult:
+    """wait_window=False (`--no-wait`): accept after the first good verify round.
+
+    allow_contract (`--allow-contract`): let schema contract changes through."""
+    with open_store(config) as ctx:
+        source = preflight_source(ctx.store, source)
+        result = PublishResult(outcome="rejected", source=str(source.absolute()),
+                               dry_run=dry_run)
+        with ctx.store.lock(f"publish {source}", wait_s):
+            testpoint("locked")
+            reconcile(ctx, actor=actor)
+            ensure_live_is_ours(ctx.store)
+            _publish_locked(ctx, source, result, actor=actor, note=note, dry_run=dry_run,
+                            strict=strict, progress=progress, wait_window=wait_window,
+                            allow_contract=allow_contract)
+        return result
+
+
+def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor: str,
+                    note: str | None, dry_run: bool, strict: bool,
+                    progress: ProgressFn | None, wait_window: bool = True,
+                    allow_contract: bool = False) -> None:
+    store, state, config = ctx.store, ctx.state, ctx.config
+    timer = _Timer()
+    result.timings_ms = timer.marks
+    live_id = store.live_release_id()
+    live_rel = state.release(live_id) if live_id is not None else None
+    result.previous_release_id = live_id
+    slot = store.idle_slot()
+    result.slot = slot
+
+    hot = hot_journal(source)
+    if hot:
+        _reject(ctx, result, [hot], actor=actor, staged=None, report=None, note=note)
+        raise GateFailed(hot, report=result)
+    try:
+        staged = store.stage(source, slot, progress)
+    except (SourceChanged, SourceUnreadable) as exc:
+        _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None, note=note)
+        failed = GateFailed(exc.message, report=result)
+        failed.transient = isinstance(exc, SourceChanged)
+        raise failed from None
+    except StoreIOError as exc:
+        _record_error(ctx, result, exc, actor=actor)
+        raise
+    timer.mark("stage")
+    testpoint("staged")
+    result.sha256, result.size = staged.sha256, staged.size
+    try:
+        if live_rel is not None and staged.sha256 == live_rel.sha256:
+            reason = (f"{source}: is identical to the live release {live_rel.id} "
+                      f"(sha256 {staged.sha256[:12]}…); nothing to publish")
+            _reject(ctx, result, [reason], actor=actor, staged=staged, report=None, note=note)
+            raise GateFailed(reason, report=result)
+        baseline = live_rel.check_values() if live_rel else None
+        report = gates.run_gates(staged.path, config, baseline)
+        add_schema_gates(report, staged.path, store.live_target(), config, allow_contract)
+        report.results.extend(source_sidecar_warnings(source))
+        if dry_run and gates.structural_ok(report):
+            result.diff = _diff_vs_live(staged.path, source, ctx, live_id)
+        result.report = report
+        result.warnings = [r.reason() for r in report.warnings()]
+        timer.mark("gates")
+        testpoint("gated")
+        if not report.passed(strict):
+            reasons = [r.reason() for r in report.blocking(strict)]
+            _reject(ctx, result, reasons, actor=actor, staged=staged, report=report, note=note)
+            raise GateFailed(f"{source}: rejected: {reasons[0]}"
+                             + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""),
+                             report=result)
+        if dry_run:
+            result.outcome = "validated"
+            return
+        with state.transaction():
+            rid = state.add_release(
+                sha256=staged.sha256, size=staged.size, source=result.source, note=note,
+                status="good", report=report.as_dict())
+        result.release_id = rid
+        try:
+            final = store.place(staged, rid)
+            ident = FileIdentity.of(final)
+            state.set_file_identity(rid, ident.inode, ident.mtime_ns)
+        except (OSError, StoreIOError) as exc:
+            _abort_placed(ctx, rid, actor=actor, error=exc)
+            raise
+        timer.mark("place")
+        testpoint("placed")
+    finally:
+        store.discard(staged)  # no-op once renamed into place
+
+    _before_swap(ctx, result, rid, actor=actor)
+    try:
+        store.clear_slot(slot, keep=rid)
+    except (OSError, StoreIOError) as exc:
+        _abort_placed(ctx, rid, actor=actor, error=exc)
+        raise
+    previous_target = store.live_target()
+    try:
+        store.swap(final)
+    except StoreIOError as exc:
+        if store.live_target() != final:  # the rename never happened: live is unchanged
+            _abort_placed(ctx, rid, actor=actor, error=exc)
+            raise
+        log.warning("%s", exc.message)  # renamed, only the folder fsync failed: it is live
+    timer.mark("swap")
+    try:
+        testpoint("swapped")
+        check_after_swap(ctx, result, rid, final, previous_target, actor=actor,
+                          wait=wait_window)
+        timer.mark("verify")
+        with state.transaction():
+            state.mark_published(rid)
+            state.add_event("publish", actor=actor, outcome="published", release_id=rid,
+                            from_release_id=live_id, reason=note)
+    except GateFailed:
+        raise  # the checks failed: already swapped back and recorded
+    except BaseException as exc:
+        # interrupted (Ctrl-C, SIGTERM, state.db locked...) before the release was
+        # checked and recorded: it must not stay live unverified
+        undo_unverified_swap(ctx, rid, previous_target, exc, actor=actor)
+        raise
+    testpoint("recorded")
+    result.outcome = "published"
+    target = previous_release(ctx, rid)
+    result.rollback_target = target.id if target else None
+    log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
+             staged.sha256)
+    announce(ctx, "publish", "published", release_id=rid, sha256=staged.sha256, slot=slot,
+              source=result.source, from_release_id=live_id, reasons=result.warnings)
+    prune_archive(ctx)
+    timer.mark("record")
+
+
+def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: str,
+            staged: Staged | None, report: gates.GateReport | None, outcome: str = "rejected",
+            note: str | None = None) -> None:
+    """Record a rejected candidate: a release row (status rejected) and one reject event.
+
+    A --dry-run records nothing: it is a question, not an attempt."""
+    result.outcome = "rejected"
+    result.reasons = reasons
+    if result.dry_run:
+        return
+    with ctx.state.transaction():
+        rid = ctx.state.add_release(
+            sha256=staged.sha256 if staged else "", size=staged.size if staged else 0,
+            source=result.source, note=note, status="rejected", status_reason=reasons[0],
+            report=report.as_dict() if report else None)
+        ctx.state.add_event("reject", actor=actor, outcome=outcome, release_id=rid,
+                            reason="; ".join(reasons)[:2000])
+    result.release_id = rid
+    log.info("rejected %s (release %s): %s", result.source, rid, "; ".join(reasons))
+    _after_reject(ctx, result, outcome)
+
+
+def _after_reject(ctx: Context, result: PublishResult, outcome: str) -> None:
+    """on_reject hooks and the reject notification (neither changes the outcome)."""
+    reason = "; ".join(result.reasons)
+    hooks.run_hooks("on_reject", ctx.config.hooks.on_reject, hook_env(
+        ctx, "reject", release_id=result.release_id, sha256=result.sha256, slot=result.slot,
+        previous=result.previous_release_id, reason=reason))
+    announce(ctx, "reject", outcome, release_id=result.release_id, sha256=result.sha256,
+              slot=result.slot, source=result.source, reasons=result.reasons)
+
+
+def _before_swap(ctx: Context, result: PublishResult, rid: int, *, actor: str) -> None:
+    """Run before_swap hooks; a failure stops the publish with nothing swapped."""
+    if not ctx.config.hooks.before_swap:
+        return
+    env = hook_env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
+               previous=result.previous_release_id)
+    failed = hooks.failures("before_swap", hooks.run_hooks(
+        "before_swap", ctx.config.hooks.before_swap, env, stop_on_failure=True))
+    if not failed:
+        return
+    # the slot still holds the previous idle release (cleared only after the hooks)
+    ctx.store.remove_release_files(rid)
+    with ctx.state.transaction():
+        ctx.state.set_status(rid, "rejected", failed[0][:2000])
+        ctx.state.add_event("reject", actor=actor, outcome="rejected", release_id=rid,
+                            reason=failed[0][:2000])
+    result.outcome, result.reasons = "rejected", failed
+    log.info("rejected %s (release %s): %s", result.source, rid, failed[0])
+    _after_reject(ctx, result, "rejected")
+    raise GateFailed(f"{ctx.config.live_path}: publish stopped, nothing swapped: {failed[0]}",
+                     report=result)
+
+
+def _abort_placed(ctx: Context, rid: int, *, actor: str, error: Exception) -> None:
+    """Undo a release that failed between its record and the swap: live never saw it."""
+    ctx.store.remove_release_files(rid)
+    message = getattr(error, "message", None) or str(error)
+    with ctx.state.transaction():
+        ctx.state.set_status(rid, "aborted", message[:2000])
+        ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
+                            reason=message[:2000])
+    announce(ctx, "reject", "error", release_id=rid, reasons=[message])
+
+
+def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,
+                  actor: str) -> None:
+    """Best effort: an I/O failure (disk full...) still leaves a reject event."""
+    try:
+        _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None,
+                outcome="error")
+    except Exception:  # noqa: BLE001 - state.db may be on the same full disk
+        pass
+
+
+def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
+                  ) -> dict[str, Any] | None:
+    live = ctx.store.live_target()
+    if live is None or live_id is None:
+        return None
+    try:
+        return diffing.diff_files(diffing.Side(staged, str(source)),
+                                  diffing.Side(live, f"release {live_id} (live)", live_id),
+                                  ctx.config)
+    except ReleaserError as exc:  # the gate report says why; the diff is only a view
+        return {"error": exc.message}
+
+
+def prune_archive(ctx: Context) -> list[int]:
+    """Keep the newest keep_releases good releases plus live and idle; bad ones use no place."""
+    store, state = ctx.store, ctx.state
+    keep = {rid for s in SLOTS for rid in store.slot_files(s)}
+    good = [r.id for r in state.releases(statuses=("good",)) if r.published_at]
+    keep.update(good[: ctx.config.keep_releases])
+    return store.prune_archive(keep)

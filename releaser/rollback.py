@@ -1,0 +1,161 @@
+"""rollback and auto-revert: lock -> reconcile -> pick the target -> O(1) check -> swap
+-> record.
+
+The cost depends on neither the release's size nor history's length: the target is
+put in a slot by hard link (from the archive if needed) and checked by identity
+(inode, mtime; one hash only if they moved), header, schema and probes, never a
+full read. A target failing its check is refused and recorded; live stays.
+revert_live (the monitor) never reverts twice away from the same bad release, nor
+away from a release its failed check did not see (expect_live).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import gates, health, hooks
+from .announce import announce, hook_env
+from .config import Config
+from .errors import GateFailed, NothingToRollback, ReleaserError, UsageError
+from .recover import reconcile
+from .results import RollbackResult
+from .session import (
+    Context,
+    ensure_live_is_ours,
+    file_of,
+    open_store,
+    previous_release,
+    testpoint,
+)
+from .state import Release
+
+log = logging.getLogger("releaser.rollback")
+
+
+def rollback(
+    config: Config,
+    *,
+    actor: str,
+    to: int | None = None,
+    reason: str | None = None,
+    wait_s: float = 0.0,
+) -> RollbackResult:
+    with open_store(config) as ctx, ctx.store.lock("rollback", wait_s):
+        testpoint("locked")
+        reconcile(ctx, actor=actor)
+        ensure_live_is_ours(ctx.store)
+        return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
+
+
+class LiveChanged(ReleaserError):
+    """The live release changed between the failed check and taking the lock."""
+
+
+def revert_live(config: Config, *, actor: str, reasons: list[str],
+                wait_s: float = 0.0, expect_live: int | None = None) -> RollbackResult | None:
+    """Auto-revert (the monitor): mark the live release bad, go back to the previous good one.
+
+    Returns None, leaving the live release in place, when no good release passes its
+    check; never reverts twice away from the same bad release. expect_live: the release
+    the failed checks saw; if a publish or rollback replaced it meanwhile, raise
+    LiveChanged instead of reverting a release nobody checked.
+    """
+    with open_store(config) as ctx, ctx.store.lock("auto-revert", wait_s):
+        reconcile(ctx, actor=actor)
+        live_id = ctx.store.live_release_id()
+        if expect_live is not None and live_id != expect_live:
+            raise LiveChanged(f"live changed from release {expect_live} to {live_id} "
+                              "since the failed check; not reverting")
+        if live_id is None:
+            return None
+        rel = ctx.state.release(live_id)
+        reason = "; ".join(reasons)[:2000]
+        if rel is not None and rel.status == "good":
+            with ctx.state.transaction():
+                ctx.state.set_status(live_id, "bad", reason)
+        try:
+            return _rollback_locked(ctx, actor=actor, to=None, reason=reason,
+                                    action="auto-revert")
+        except (NothingToRollback, GateFailed) as exc:
+            with ctx.state.transaction():
+                ctx.state.add_event("auto-revert", actor=actor, outcome="no-target",
+                                    release_id=None, from_release_id=live_id,
+                                    reason=f"{reason}; kept live: {exc.message}"[:2000])
+            announce(ctx, "auto-revert", "no-target", release_id=live_id,
+                      reasons=[*reasons, f"kept live: {exc.message}"])
+            return None
+
+
+def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | None,
+                     action: str) -> RollbackResult:
+    t0 = time.perf_counter()
+    store, state = ctx.store, ctx.state
+    live_id = store.live_release_id()
+    if to is None:
+        target = previous_release(ctx, live_id)
+        if target is None:
+            raise NothingToRollback(
+                f"{ctx.config.root}: no earlier good release to roll back to"
+                + (f" (live is release {live_id})" if live_id else " (nothing is live)"))
+    else:
+        target = state.release(to)
+        if target is None:
+            raise UsageError(f"{state.path}: no release {to}; see `releaser history`")
+        if target.status != "good":
+            raise UsageError(f"release {to} is {target.status}"
+                             + (f" ({target.status_reason})" if target.status_reason else "")
+                             + "; choose a good release")
+        if target.id == live_id:
+            raise UsageError(f"release {to} is already live")
+        if target.published_at is None:
+            raise UsageError(f"release {to} was never published")
+    source = file_of(store, target.id)
+    if source is None:
+        raise NothingToRollback(
+            f"release {target.id} is no longer archived (keep_releases = "
+            f"{ctx.config.keep_releases}); publish its build again instead")
+    problem = _target_problem(ctx, target, source)
+    if problem:
+        with state.transaction():
+            state.add_event(action, actor=actor, outcome="refused", release_id=target.id,
+                            from_release_id=live_id, reason=problem[:2000])
+        announce(ctx, action, "refused", release_id=target.id, sha256=target.sha256,
+                  from_release_id=live_id, reasons=[problem])
+        raise GateFailed(f"{source}: release {target.id} fails its check, not rolling back: "
+                         f"{problem}")
+    slot = store.slot_of(source)
+    if slot is None:
+        slot = store.idle_slot()
+        source = store.restore_from_archive(target.id, slot)
+        store.clear_slot(slot, keep=target.id)
+    testpoint("rollback_ready")
+    store.swap(source)
+    testpoint("rollback_swapped")
+    with state.transaction():
+        state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
+                        from_release_id=live_id, reason=reason)
+    log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
+    hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, hook_env(
+        ctx, action, release_id=target.id, sha256=target.sha256, slot=slot, previous=live_id,
+        reason=reason))
+    announce(ctx, action, "ok", release_id=target.id, sha256=target.sha256, slot=slot,
+              source=target.source, from_release_id=live_id,
+              reasons=[reason] if reason else [])
+    return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
+                          slot=slot, sha256=target.sha256, reason=reason,
+                          duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+def _target_problem(ctx: Context, target: Release, path: Path) -> str | None:
+    """O(1) structural check: same file as recorded, whole header, schema, probes once.
+
+    (A file whose inode/mtime moved, as after a restore from backup, costs one hash.)"""
+    problem = health.identity_problem(path, target, ctx.state)
+    if problem:
+        return f"not the file that was released ({problem})"
+    report = gates.quick_structural_check(path, ctx.config)
+    if not report.passed():
+        return "; ".join(r.reason() for r in report.blocking())
+    return None

@@ -1,0 +1,118 @@
+"""The session every verb runs in: one store, its state.db, and what they agree on.
+
+Context binds a Config to its Store (the files) and StateDB (the record). open_store
+creates nothing unless asked (`init`); every other verb needs an existing store.
+The questions answered here only read: which file holds a release (its slot, else
+the archive), which release a rollback would put back, whether live_path is a
+symlink this store manages, what a release id the user typed means.
+
+testpoint: the crash-safety tests pause the process at named steps (chosen from the
+test side through RELEASER_TEST_PAUSE_AT) to SIGKILL it there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .errors import StoreIOError, UsageError
+from .state import Release, StateDB
+from .store import SLOTS, Store, release_id_of
+
+TESTPOINT_ENV = "RELEASER_TEST_PAUSE_AT"
+
+
+def testpoint(name: str) -> None:
+    """Test-only: pause here when RELEASER_TEST_PAUSE_AT names this step.
+
+    The crash-safety tests use it to SIGKILL the process at each named step.
+    """
+    if os.environ.get(TESTPOINT_ENV) == name:
+        os.write(2, f"releaser-testpoint: {name}\n".encode())
+        time.sleep(3600)
+
+
+@dataclass
+class Context:
+    config: Config
+    store: Store
+    state: StateDB
+
+    def close(self) -> None:
+        self.state.close()
+
+
+@contextmanager
+def open_store(config: Config, *, create: bool = False) -> Iterator[Context]:
+    store = Store(config.root, config.live_path)
+    if create:
+        try:
+            store.create()
+        except OSError as exc:
+            raise StoreIOError(f"{exc.filename}: cannot create the store: {exc.strerror}"
+                               ) from None
+    elif not store.exists():
+        raise UsageError(
+            f"{config.root}: no releaser store here; run `releaser init` first"
+            + (f" (config: {config.source})" if config.source else ""))
+    ctx = Context(config, store, StateDB(store.state_path))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def file_of(store: Store, release_id: int) -> Path | None:
+    for slot in SLOTS:
+        path = store.slot_files(slot).get(release_id)
+        if path is not None:
+            return path
+    archived = store.archive_file(release_id)
+    return archived if archived.exists() else None
+
+
+def previous_release(ctx: Context, live_id: int | None) -> Release | None:
+    """The release live before the current one: newest first, skipping bad ones,
+    ones no longer on disk, and ones that were themselves rolled back from."""
+    rolled_back: set[int] = set()
+    seen: set[int] = set()
+    for event in ctx.state.live_transitions():
+        if event.action in ("rollback", "auto-revert") and event.from_release_id is not None:
+            rolled_back.add(event.from_release_id)
+        rid = event.release_id
+        if rid is None or rid == live_id or rid in seen or rid in rolled_back:
+            continue
+        seen.add(rid)
+        rel = ctx.state.release(rid)
+        if rel is not None and rel.status == "good" and file_of(ctx.store, rid) is not None:
+            return rel
+    return None
+
+
+def ensure_live_is_ours(store: Store) -> None:
+    live = store.live_path
+    if live.is_symlink():
+        if store.slot_of(store.live_target()) is None:
+            raise UsageError(f"{live}: points outside the store ({os.readlink(live)}); "
+                             "run `releaser init` after moving it away")
+    elif live.exists():
+        raise UsageError(f"{live}: is a regular file, not a releaser symlink; run "
+                         "`releaser init` to adopt it as the first release")
+
+
+def parse_release_id(text: str) -> int:
+    """Accept `7`, `r7` or a release file name."""
+    t = text.strip()
+    rid = release_id_of(t)
+    if rid is not None:
+        return rid
+    if t[:1] in ("r", "R"):
+        t = t[1:]
+    if not t.isdigit():
+        raise UsageError(f"{text!r} is not a release id; see `releaser history`")
+    return int(t)

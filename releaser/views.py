@@ -1,0 +1,182 @@
+"""Read-only verbs: validate, status, history, releases, diff, check.
+
+None takes the store lock, changes a release or moves the symlink; `check` only
+appends its result to state.db's health log. validate runs the gates on the file
+it is given (no copy), against the live release's baseline when a store exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import diff as diffing
+from . import gates, health, readers
+from .config import Config
+from .errors import GateFailed, UsageError
+from .preflight import check_source_path, hot_journal
+from .schema_gates import add_schema_gates
+from .session import Context, file_of, open_store, parse_release_id, previous_release
+from .store import Store
+
+
+def validate(config: Config, source: Path) -> gates.GateReport:
+    """Run the gates on a file without publishing (read-only; no lock needed)."""
+    check_source_path(source)
+    hot = hot_journal(source)
+    if hot:
+        raise GateFailed(hot)
+    baseline = None
+    live: Path | None = None
+    store = Store(config.root, config.live_path)
+    if store.exists():
+        with open_store(config) as ctx:
+            live_id = store.live_release_id()
+            live_rel = ctx.state.release(live_id) if live_id else None
+            baseline = live_rel.check_values() if live_rel else None
+            live = store.live_target() if live_id else None
+    report = gates.run_gates(source, config, baseline)
+    add_schema_gates(report, source, live, config, allow_contract=False)
+    return report
+
+
+def _release_view(ctx: Context, rid: int | None, slot: str | None) -> dict[str, Any]:
+    rel = ctx.state.release(rid) if rid is not None else None
+    return {
+        "slot": slot,
+        "release_id": rid,
+        "sha256": rel.sha256 if rel else None,
+        "status": rel.status if rel else None,
+        "published_at": rel.published_at if rel else None,
+        "note": rel.note if rel else None,
+    }
+
+
+def status(config: Config) -> dict[str, Any]:
+    with open_store(config) as ctx:
+        store = ctx.store
+        live_id = store.live_release_id()
+        live_slot = store.live_slot()
+        live = _release_view(ctx, live_id, live_slot)
+        live["path"] = str(store.live_target()) if store.live_target() else None
+        idle_slot = store.idle_slot()
+        idle_files = store.slot_files(idle_slot)
+        idle_id = max(idle_files) if idle_files else None
+        idle = _release_view(ctx, idle_id, idle_slot)
+        idle["path"] = str(idle_files[idle_id]) if idle_id is not None else None
+        problems = []
+        if store.live_path.exists() and not store.live_path.is_symlink():
+            problems.append(f"{store.live_path} is a regular file: run `releaser init`")
+        elif store.live_path.is_symlink() and live_id is None:
+            problems.append(f"{store.live_path} points outside the store")
+        elif store.live_path.is_symlink() and not store.live_path.exists():
+            problems.append(f"{store.live_path} is a dangling symlink")
+        previous = previous_release(ctx, live_id)
+        return {
+            "live_path": str(config.live_path),
+            "root": str(config.root),
+            "config": str(config.source) if config.source else None,
+            "live": live,
+            "idle": idle,
+            "rollback_target": previous.id if previous else None,
+            "last_check": ctx.state.last_health_check(),
+            "lock": store.lock_holder(),
+            "archived": sorted(store.archived_ids()),
+            "problems": problems,
+            # processes still reading a release other than the live one (did not reopen)
+            "stale_readers": [r.as_dict() for r in readers.stale_readers(store)],
+        }
+
+
+def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    with open_store(config) as ctx:
+        return [e.as_dict() for e in ctx.state.events(limit)]
+
+
+def releases(config: Config) -> list[dict[str, Any]]:
+    """Every recorded release, newest first; status is live/idle for the two slots."""
+    with open_store(config) as ctx:
+        store = ctx.store
+        live_id = store.live_release_id()
+        idle_ids = set(store.slot_files(store.idle_slot()))
+        out = []
+        for rel in ctx.state.releases():
+            on_disk = file_of(store, rel.id) is not None
+            shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
+            out.append({
+                "release_id": rel.id,
+                "status": shown,
+                "recorded_status": rel.status,
+                "published_at": rel.published_at,
+                "created_at": rel.created_at,
+                "sha256": rel.sha256 or None,
+                "size": rel.size,
+                "note": rel.note,
+                "source": rel.source,
+                "reason": rel.status_reason,
+                "on_disk": on_disk,
+                # what `rollback --to` accepts
+                "rollback_ok": (rel.status == "good" and on_disk and rel.id != live_id
+                                and rel.published_at is not None),
+            })
+        return out
+
+
+def _side(ctx: Context | None, spec: str) -> diffing.Side:
+    """A file path, else a release id (`3`, `r3`) looked up in the store."""
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            raise UsageError(f"{spec}: is a folder; pass a database file or a release id")
+        return diffing.Side(path, spec)
+    try:
+        rid = parse_release_id(spec)
+    except UsageError:
+        raise UsageError(f"{spec}: no such file, and not a release id (see `releaser "
+                         "releases`)") from None
+    if ctx is None:
+        raise UsageError(f"{spec}: no such file (release ids need a store: run "
+                         "`releaser init`)")
+    rel = ctx.state.release(rid)
+    if rel is None:
+        raise UsageError(f"{spec}: no such file or release; see `releaser releases`")
+    found = file_of(ctx.store, rid)
+    if found is None:
+        raise UsageError(f"{spec}: release {rid} ({rel.status}) is not on disk any more; "
+                         "diff its build file instead")
+    live_id = ctx.store.live_release_id()
+    tag = " (live)" if rid == live_id else (
+        " (idle)" if rid in ctx.store.slot_files(ctx.store.idle_slot()) else "")
+    return diffing.Side(found, f"release {rid}{tag}", rid)
+
+
+def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
+    """A vs B; B defaults to the live release, A to the idle one (what a rollback does)."""
+    store = Store(config.root, config.live_path)
+    if a is not None and b is not None and Path(a).exists() and Path(b).exists():
+        return diffing.diff_files(_side(None, a), _side(None, b), config)
+    with open_store(config) as ctx:
+        live_id = store.live_release_id()
+        if b is None:
+            if live_id is None:
+                raise UsageError(f"{config.live_path}: nothing is live; pass two files or "
+                                 "release ids")
+            b = str(live_id)
+        if a is None:
+            idle = ctx.store.slot_files(ctx.store.idle_slot())
+            if not idle:
+                raise UsageError(f"{config.root}: the idle slot is empty; pass a file or a "
+                                 "release id to compare with the live release")
+            a = str(max(idle))
+        return diffing.diff_files(_side(ctx, a), _side(ctx, b), config)
+
+
+def check(config: Config, *, actor: str, full_hash: bool = False,
+          integrity: bool = True) -> health.HealthReport:
+    with open_store(config) as ctx:
+        report = health.check_live(config, ctx.store, ctx.state, full_hash=full_hash,
+                                   integrity=integrity)
+        ctx.state.add_health_check(release_id=report.release_id, ok=report.ok,
+                                   duration_ms=report.duration_ms, actor=actor,
+                                   reasons=report.reasons)
+        return report
