@@ -37,7 +37,7 @@ from typing import Any
 
 from . import promql
 from .config import Bounds
-from .notify import NoAnswer, http_request
+from .httpclient import NoAnswer, http_request
 from .state import utcnow
 
 log = logging.getLogger("releaser.analysis")
