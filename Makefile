@@ -21,10 +21,10 @@ demo: venv
 	mkdir -p $(DEMO)/output
 	sed -e 's|^live_path = .*|live_path = "app/tags.db"|' -e 's|^root = .*|root = "releaser"|' \
 	    config/releaser.toml > $(DEMO_CONFIG)
-	$(BIN)/python -m releaser.sample $(DEMO)/output/tags.db --rows 140000 --seed 1
+	$(BIN)/python -m tests.sample $(DEMO)/output/tags.db --rows 140000 --seed 1
 	$(RELEASER) init
 	$(RELEASER) publish $(DEMO)/output/tags.db --note "first build"
-	$(BIN)/python -m releaser.sample $(DEMO)/output/tags.db --rows 141000 --seed 2
+	$(BIN)/python -m tests.sample $(DEMO)/output/tags.db --rows 141000 --seed 2
 	$(RELEASER) publish $(DEMO)/output/tags.db --note "second build"
 	$(RELEASER) status
 	$(RELEASER) history

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from releaser import health  # noqa: E402
 from releaser.config import load_config  # noqa: E402
-from releaser.sample import write_sample  # noqa: E402
 from releaser.state import StateDB  # noqa: E402
 from releaser.store import Store  # noqa: E402
+from tests.sample import write_sample  # noqa: E402
 
 OUT = REPO / "bench-results"
 RELEASER = Path(sys.executable).parent / "releaser"

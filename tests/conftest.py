@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from releaser.cli import cli
-from releaser.sample import write_sample
+from tests.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config" / "releaser.toml"

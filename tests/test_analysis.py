@@ -18,7 +18,7 @@ import pytest
 from releaser import analysis
 from releaser.analysis import Analysis, PrometheusQuery
 from releaser.config import Bounds
-from releaser.sample import write_sample
+from tests.sample import write_sample
 
 from .promserver import Fault, LoadGen, PromServer, TestApp, VHost, free_port, need_prometheus
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from releaser.sample import write_sample
 from releaser.store import Store
+from tests.sample import write_sample
 
 from .conftest import RELEASER_BIN, Env
 from .robust import assert_live_is_recorded_and_sound, leftovers, state_rows

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser.sample import write_sample
+from tests.sample import write_sample
 
 from .conftest import RELEASER_BIN, Env
 from .robust import assert_live_is_recorded_and_sound, leftovers, sha256, state_rows

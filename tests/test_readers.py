@@ -18,7 +18,7 @@ import pytest
 
 from releaser import publish, rollback
 from releaser.config import load_config
-from releaser.sample import write_sample
+from tests.sample import write_sample
 
 from .conftest import Env
 from .robust import assert_live_is_recorded_and_sound, leftovers

@@ -6,7 +6,10 @@ of rows have a main_category, about 7 % carry a classification_confidence
 with about 0.5 % of tags above 1 M posts, and the biggest tags are the familiar
 ones ("1girl", "highres", "solo", ...).
 
-    python -m releaser.sample output/tags.db --rows 140000 --seed 1
+    python -m tests.sample output/tags.db --rows 140000 --seed 1   # from the repo root
+
+Not part of the installed package: nothing at runtime needs it (`make demo`, the
+tests and bench/bench.py do).
 """
 
 from __future__ import annotations
