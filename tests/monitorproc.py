@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import faults
 from .conftest import RELEASER_BIN, Env
 
 
@@ -69,12 +70,17 @@ def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0,
 
 class MonitorProc:
     def __init__(self, env: Env, *args: str, extra_env: dict[str, str] | None = None,
-                 name: str = "monitor") -> None:
+                 name: str = "monitor", pause_at: str | None = None,
+                 setup: str | None = None) -> None:
+        """pause_at/setup: run through tests/faults.py with those fault points."""
         self.out_path = env.tmp / f"{name}.out"
         self.err_path = env.tmp / f"{name}.err"
+        cmd = [str(RELEASER_BIN), "--config", str(env.config), *args]
+        if pause_at or setup:
+            cmd = faults.argv(*cmd[1:], pause_at=pause_at, setup=setup)
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                [str(RELEASER_BIN), "--config", str(env.config), *args],
+                cmd,
                 stdout=out, stderr=err, env={**os.environ, **(extra_env or {})})
         self.base = ""
 

@@ -17,6 +17,7 @@ import pytest
 from releaser.session import parse_release_id
 from releaser.store import Store
 
+from . import faults
 from .conftest import RELEASER_BIN, Env
 
 
@@ -335,12 +336,11 @@ def test_validate(published: Env) -> None:
 def test_lock_busy_is_exit_3_and_status_shows_holder(published: Env) -> None:
     db = published.make_db("three.db", seed=3)
     proc = subprocess.Popen(
-        [str(RELEASER_BIN), "--config", str(published.config), "publish", str(db)],
-        env={**os.environ, "RELEASER_TEST_PAUSE_AT": "gated"},
+        faults.argv("--config", str(published.config), "publish", str(db), pause_at="gated"),
         stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
-        assert "releaser-testpoint: gated" in proc.stderr.readline()
+        assert "releaser-fault: gated" in proc.stderr.readline()
         holder = published.status()["lock"]
         assert holder["pid"] == proc.pid and holder["command"].startswith("publish ")
         result = published.cli("rollback", "--wait", "0.3", expect=3)
@@ -457,10 +457,10 @@ def test_restored_store_checks_healthy_and_rolls_back(published: Env) -> None:
 
 def _paused_publish(env: Env, db: Path, step: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [str(RELEASER_BIN), "--config", str(env.config), "publish", str(db)],
-        env={**os.environ, "RELEASER_TEST_PAUSE_AT": step}, stderr=subprocess.PIPE, text=True)
+        faults.argv("--config", str(env.config), "publish", str(db), pause_at=step),
+        stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    assert f"releaser-testpoint: {step}" in proc.stderr.readline()
+    assert f"releaser-fault: {step}" in proc.stderr.readline()
     return proc
 
 

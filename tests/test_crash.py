@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL `releaser publish` / `releaser rollback` anywhere.
 
-At each named step (RELEASER_TEST_PAUSE_AT pauses the process there) and at random
+At each named step (tests/faults.py pauses the process there) and at random
 delays across whole runs. After every kill: live_path opens and passes quick_check
 (the sqlite3 CLI), points at a release recorded in state.db, `status` works, the next
 operation cleans the leftovers, and the next publish succeeds.
@@ -20,6 +20,7 @@ import pytest
 
 from tests.sample import write_sample
 
+from . import faults
 from .conftest import RELEASER_BIN, Env
 from .robust import assert_live_is_recorded_and_sound, leftovers, sha256, state_rows
 
@@ -44,10 +45,9 @@ def live_store(env: Env, builds: list[Path]) -> Env:
 
 
 def _start(env: Env, *args: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:
-    extra = {"RELEASER_TEST_PAUSE_AT": pause_at} if pause_at else {}
-    return subprocess.Popen(
-        [str(RELEASER_BIN), "--config", str(env.config), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **extra})
+    cmd = ([str(RELEASER_BIN), "--config", str(env.config), *args] if pause_at is None
+           else faults.argv("--config", str(env.config), *args, pause_at=pause_at))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _kill_at(env: Env, step: str, *args: str) -> None:
@@ -56,7 +56,7 @@ def _kill_at(env: Env, step: str, *args: str) -> None:
     assert proc.stderr is not None
     seen = b""
     deadline = time.monotonic() + 60
-    while b"releaser-testpoint: " + step.encode() not in seen:
+    while b"releaser-fault: " + step.encode() not in seen:
         left = deadline - time.monotonic()
         assert left > 0, f"never reached {step}: {seen!r}"
         ready, _, _ = select.select([proc.stderr], [], [], left)

@@ -230,6 +230,15 @@ def test_revert_refuses_when_live_changed_since_the_check(published: Env) -> Non
     assert published.status()["live"]["status"] == "good"
 
 
+# a bad disk under releases 2 and 3: their checks fail with EIO before looking at anything
+EIO_FOR_RELEASES_2_3 = """
+def eio(config, store, state, **kw):
+    if store.live_release_id() in (2, 3):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(store.live_path))
+patch("check_live", before=eio)
+"""
+
+
 def test_check_that_cannot_run_fails_the_release_it_was_about(published: Env) -> None:
     """Checks of releases 2 and 3 fail with EIO before they can look at anything.
 
@@ -240,8 +249,7 @@ def test_check_that_cannot_run_fails_the_release_it_was_about(published: Env) ->
     """
     env = published
     set_config(env, monitor={"failures_before_revert": 3})
-    with MonitorProc(env, "-v", "monitor",
-                     extra_env={"RELEASER_TEST_CHECK_EIO": "2,3"}) as mon:
+    with MonitorProc(env, "-v", "monitor", setup=EIO_FOR_RELEASES_2_3) as mon:
         mon.wait_listening()
         wait_for("a failed check", lambda: "UNHEALTHY (1/3)" in mon.stderr(), proc=mon)
         env.cli("publish", str(env.make_db("three.db", seed=3)))
@@ -293,11 +301,11 @@ def test_watchdog_pings_stop_when_a_check_overruns_its_budget(published: Env,
     try:
         with MonitorProc(env, "-v", "monitor", extra_env={
                 "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000",
-                "RELEASER_TEST_PAUSE_AT": "rollback_ready"}) as mon:
+                }, pause_at="rollback_ready") as mon:
             while b"READY=1" not in sock.recv(4096):
                 pass
             damage(env, "truncate")
-            wait_for("the revert to hang", lambda: "releaser-testpoint: rollback_ready"
+            wait_for("the revert to hang", lambda: "releaser-fault: rollback_ready"
                      in mon.stderr(), proc=mon)
             wait_for("the watchdog to stop", lambda: "checks stopped completing"
                      in mon.stderr(), proc=mon)

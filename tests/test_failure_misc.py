@@ -1,0 +1,213 @@
+"""Failure paths around the pipeline (issue 11, items 2, 5, 9, 11, 12, 13).
+
+Paths compared resolved; hooks judged by their exit status, their process group
+killed when interrupted, their output streamed into a bounded tail; a briefly
+locked state.db is a retry for the watcher; status probes the flock; one-line
+output for names with newlines; inbox folders recreated; rollback says what it
+skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import faults
+from .conftest import RELEASER_BIN, Env, config_text
+
+
+# -- item 2: the same store through another spelling of its path ---------------
+
+
+def test_store_reached_through_a_symlinked_parent_is_the_same_store(published: Env) -> None:
+    alias = published.tmp.parent / f"{published.tmp.name}-alias"
+    alias.symlink_to(published.tmp)
+    try:
+        cfg = published.tmp / "alias.toml"
+        cfg.write_text(config_text(alias / "app" / "tags.db", alias / "store"))
+        base = [str(RELEASER_BIN), "--config", str(cfg)]
+        check = subprocess.run([*base, "check", "--json"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        status = json.loads(subprocess.run([*base, "status", "--json"], capture_output=True,
+                                           text=True, check=True).stdout)
+        assert status["live"]["release_id"] == 2 and not status["problems"], status
+        # relative root/live from another working directory
+        rel = subprocess.run([str(RELEASER_BIN), "--config", str(published.config),
+                              "--root", "store", "--live", "app/tags.db", "status", "--json"],
+                             cwd=alias, capture_output=True, text=True, check=True)
+        assert json.loads(rel.stdout)["live"]["release_id"] == 2
+        pub = subprocess.run([*base, "publish", str(published.make_db("three.db", seed=3))],
+                             capture_output=True, text=True)
+        assert pub.returncode == 0, pub.stderr
+        assert published.status()["live"]["release_id"] == 3
+    finally:
+        alias.unlink()
+
+
+# -- hooks: items 5, 11, 12 ------------------------------------------------------
+
+
+def test_hook_leaving_a_background_child_is_judged_by_its_exit_status(
+        published: Env) -> None:
+    """Item 5: `sh -c 'sleep 30 & exit 0'` succeeded; its child holds the pipe."""
+    published.write_config("""
+[hooks]
+before_swap = [{ argv = ["sh", "-c", "sleep 30 & exit 0"], timeout_s = 5 }]
+""")
+    doc = published.cli_json("publish", str(published.make_db("three.db", seed=3)))
+    assert doc["outcome"] == "published", doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_interrupting_a_hook_kills_its_process_group(published: Env) -> None:
+    """Item 11: SIGTERM to publish while an after_swap hook runs: no hook left behind."""
+    pids = published.tmp / "hook.pids"
+    published.write_config(f"""
+[hooks]
+after_swap = [{{ argv = ["sh", "-c", "sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"], timeout_s = 60 }}]
+""")
+    proc = subprocess.Popen([str(RELEASER_BIN), "--config", str(published.config), "publish",
+                             str(published.make_db("three.db", seed=3))],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    left = [int(p) for p in pids.read_text().split()]
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in left), left
+
+
+def _peak_rss_kib(cmd: list[str]) -> tuple[int, int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss, proc.returncode
+
+
+def test_hook_printing_300_mb_keeps_publish_memory_flat(published: Env) -> None:
+    """Item 12: a hook's output is streamed and only a bounded tail kept."""
+    script = published.tmp / "loud.py"
+    script.write_text("import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 1000000)\n"
+                      "print('the last line')\n")
+    published.write_config(f"""
+[hooks]
+after_swap = [{{ argv = ["{sys.executable}", "{script}"], timeout_s = 60 }}]
+""")
+    rss, code = _peak_rss_kib([str(RELEASER_BIN), "--config", str(published.config),
+                               "publish", str(published.make_db("three.db", seed=3))])
+    assert code == 0
+    assert rss < 100 * 1024, f"peak RSS {rss / 1024:.0f} MB"
+
+
+# -- item 11: status probes the flock, not the pid --------------------------------
+
+
+def test_status_ignores_a_lock_file_naming_a_live_pid_that_holds_no_lock(
+        published: Env) -> None:
+    lock = published.root / "lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "command": "publish old",
+                                "since": "2026-01-01T00:00:00Z"}))
+    assert published.status()["lock"] is None
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert published.status()["lock"]["pid"] == os.getpid()
+    finally:
+        os.close(fd)
+
+
+# -- item 9: state.db briefly locked is not a rejection ---------------------------
+
+
+def test_watch_retries_when_state_db_is_briefly_locked(published: Env) -> None:
+    inbox = published.tmp / "inbox"
+    inbox.mkdir()
+    published.write_config(f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.2\nlock_retry_s = 0.2\n')
+    once = """
+calls = [0]
+def locked(*a, **k):
+    calls[0] += 1
+    if calls[0] == 1:
+        raise sqlite3.OperationalError("database is locked")
+patch("StateDB.add_release", before=locked)
+"""
+    db = published.make_db("three.db", seed=3)
+    os.replace(db, inbox / "three.db")
+    proc = subprocess.Popen(faults.argv("--config", str(published.config), "watch", "--json",
+                                        setup=once),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not (inbox / "done" / "three.db").exists():
+            assert not (inbox / "rejected" / "three.db").exists(), proc.stderr
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+# -- item 13: the small ones -------------------------------------------------------
+
+
+def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
+    db = published.make_db("bad\nname.db", sql="DELETE FROM tags_final;")
+    published.cli("publish", str(db), expect=1)
+    out = published.run("history", "--limit", "1").stdout
+    assert len(out.strip().splitlines()) == 1, out
+    assert "bad\\nname.db" in out
+
+
+def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
+        published: Env) -> None:
+    inbox = published.tmp / "inbox"
+    inbox.mkdir()
+    published.write_config(f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.2\n')
+    proc = subprocess.Popen([str(RELEASER_BIN), "--config", str(published.config), "watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (inbox / "done").is_dir():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        inbox.rename(published.tmp / "inbox.old")
+        inbox.mkdir()
+        time.sleep(0.5)
+        db = published.make_db("three.db", seed=3)
+        os.replace(db, inbox / "three.db")
+        while not (inbox / "done" / "three.db").exists():
+            assert time.monotonic() < deadline + 20 and proc.poll() is None, proc.stderr
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_rollback_says_which_releases_it_skipped_because_their_files_are_gone(
+        published: Env) -> None:
+    published.cli("publish", str(published.make_db("three.db", seed=3)))
+    # release 2 (idle) loses its files: rollback goes to 1 and says why not 2
+    for p in published.root.rglob("release-2.db"):
+        p.unlink()
+    res = published.run("rollback")
+    assert "release 2" in (res.stdout + res.stderr) and "skipp" in (res.stdout + res.stderr)
+    assert published.status()["live"]["release_id"] == 1
