@@ -32,7 +32,6 @@ checks, stops the pings; systemd restarts the monitor WatchdogSec later.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -40,7 +39,6 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -60,15 +58,6 @@ ACTOR = "monitor"
 STOP_GRACE_S = 5.0
 # the slowest sha256 a check's watchdog budget allows for (a slow disk)
 HASH_MIN_BYTES_PER_S = 50 * 1024 * 1024
-# test-only: a check of these live releases (comma-separated ids) cannot run,
-# failing with EIO as a bad disk would (the crash tests' RELEASER_TEST_PAUSE_AT kin)
-TEST_EIO_ENV = "RELEASER_TEST_CHECK_EIO"
-
-
-def _test_fault(live_id: int | None, path: Path) -> None:
-    ids = os.environ.get(TEST_EIO_ENV)
-    if ids and live_id is not None and str(live_id) in ids.split(","):
-        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
 
 
 def _iso_to_unix(text: str | None) -> float | None:
@@ -139,7 +128,6 @@ class Monitor:
         try:
             with session.open_store(self.config) as ctx:
                 try:
-                    _test_fault(live_id, self.config.live_path)
                     report = health.check_live(self.config, ctx.store, ctx.state,
                                                full_hash=full_hash, integrity=integrity)
                 except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failure

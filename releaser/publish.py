@@ -26,7 +26,7 @@ from .preflight import hot_journal, preflight_source, source_sidecar_warnings
 from .recover import reconcile
 from .results import PublishResult
 from .schema_gates import add_schema_gates
-from .session import Context, ensure_live_is_ours, open_store, previous_release, testpoint
+from .session import Context, ensure_live_is_ours, open_store, previous_release
 from .staging import ProgressFn, SourceChanged, SourceUnreadable, Staged
 from .store import SLOTS, FileIdentity
 
@@ -65,7 +65,6 @@ def publish(
         result = PublishResult(outcome="rejected", source=str(source.absolute()),
                                dry_run=dry_run)
         with ctx.store.lock(f"publish {source}", wait_s):
-            testpoint("locked")
             reconcile(ctx, actor=actor)
             ensure_live_is_ours(ctx.store)
             _publish_locked(ctx, source, result, actor=actor, note=note, dry_run=dry_run,
@@ -102,7 +101,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         _record_error(ctx, result, exc, actor=actor)
         raise
     timer.mark("stage")
-    testpoint("staged")
     result.sha256, result.size = staged.sha256, staged.size
     try:
         if live_rel is not None and staged.sha256 == live_rel.sha256:
@@ -119,7 +117,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         result.report = report
         result.warnings = [r.reason() for r in report.warnings()]
         timer.mark("gates")
-        testpoint("gated")
         if not report.passed(strict):
             reasons = [r.reason() for r in report.blocking(strict)]
             _reject(ctx, result, reasons, actor=actor, staged=staged, report=report, note=note)
@@ -142,7 +139,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
             _abort_placed(ctx, rid, actor=actor, error=exc)
             raise
         timer.mark("place")
-        testpoint("placed")
     finally:
         store.discard(staged)  # no-op once renamed into place
 
@@ -162,7 +158,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         log.warning("%s", exc.message)  # renamed, only the folder fsync failed: it is live
     timer.mark("swap")
     try:
-        testpoint("swapped")
         check_after_swap(ctx, result, rid, final, previous_target, actor=actor,
                           wait=wait_window)
         timer.mark("verify")
@@ -177,7 +172,6 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         # checked and recorded: it must not stay live unverified
         undo_unverified_swap(ctx, rid, previous_target, exc, actor=actor)
         raise
-    testpoint("recorded")
     result.outcome = "published"
     target = previous_release(ctx, rid)
     result.rollback_target = target.id if target else None

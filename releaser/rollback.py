@@ -27,7 +27,6 @@ from .session import (
     file_of,
     open_store,
     previous_release,
-    testpoint,
 )
 from .state import Release
 
@@ -43,7 +42,6 @@ def rollback(
     wait_s: float = 0.0,
 ) -> RollbackResult:
     with open_store(config) as ctx, ctx.store.lock("rollback", wait_s):
-        testpoint("locked")
         reconcile(ctx, actor=actor)
         ensure_live_is_ours(ctx.store)
         return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
@@ -130,9 +128,7 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
         slot = store.idle_slot()
         source = store.restore_from_archive(target.id, slot)
         store.clear_slot(slot, keep=target.id)
-    testpoint("rollback_ready")
     store.swap(source)
-    testpoint("rollback_swapped")
     with state.transaction():
         state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
                         from_release_id=live_id, reason=reason)

@@ -5,15 +5,11 @@ creates nothing unless asked (`init`); every other verb needs an existing store.
 The questions answered here only read: which file holds a release (its slot, else
 the archive), which release a rollback would put back, whether live_path is a
 symlink this store manages, what a release id the user typed means.
-
-testpoint: the crash-safety tests pause the process at named steps (chosen from the
-test side through RELEASER_TEST_PAUSE_AT) to SIGKILL it there.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,18 +19,6 @@ from .config import Config
 from .errors import StoreIOError, UsageError
 from .state import Release, StateDB
 from .store import SLOTS, Store, release_id_of
-
-TESTPOINT_ENV = "RELEASER_TEST_PAUSE_AT"
-
-
-def testpoint(name: str) -> None:
-    """Test-only: pause here when RELEASER_TEST_PAUSE_AT names this step.
-
-    The crash-safety tests use it to SIGKILL the process at each named step.
-    """
-    if os.environ.get(TESTPOINT_ENV) == name:
-        os.write(2, f"releaser-testpoint: {name}\n".encode())
-        time.sleep(3600)
 
 
 @dataclass

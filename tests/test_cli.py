@@ -18,7 +18,7 @@ from releaser.session import parse_release_id
 from releaser.store import Store
 
 from . import faults
-from .conftest import RELEASER_BIN, Env
+from .conftest import Env
 
 
 def sha256(path: Path) -> str:

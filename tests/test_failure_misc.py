@@ -21,7 +21,6 @@ from pathlib import Path
 from . import faults
 from .conftest import RELEASER_BIN, Env, config_text
 
-
 # -- item 2: the same store through another spelling of its path ---------------
 
 
