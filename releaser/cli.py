@@ -648,6 +648,14 @@ def monitor(interval_s: float | None, listen: str | None) -> None:
     sys.exit(run_monitor(config, announce=click.echo))
 
 
+# the fleet commands (releaser/fleet/cli.py); boto3 loads only when one runs
+from .fleet.cli import agent as _agent_command  # noqa: E402
+from .fleet.cli import fleet as _fleet_group  # noqa: E402
+
+cli.add_command(_fleet_group)
+cli.add_command(_agent_command)
+
+
 def main() -> None:
     cli(prog_name="releaser")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fleet.settings import Fleet
 
 ENV_CONFIG = "RELEASER_CONFIG"
 SYSTEM_CONFIG = Path("/etc/releaser/releaser.toml")
@@ -287,6 +288,7 @@ class Config:
     notify: Notify = field(default_factory=Notify)
     schema: Schema = field(default_factory=Schema)
     diff: Diff = field(default_factory=Diff)
+    fleet: Fleet = field(default_factory=Fleet)
     # where the config came from (None: built in code)
     source: Path | None = None
 
