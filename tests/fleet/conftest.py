@@ -44,3 +44,13 @@ def bucket(weed: WeedServer, s3_url: str):  # noqa: ANN201
 
 
 __all__ = ["Path"]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, weed: WeedServer, s3_url: str, bucket):  # noqa: ANN201
+    from tests.fleet.fleetenv import Fleet
+
+    f = Fleet(tmp=tmp_path, url=s3_url, endpoint=weed.endpoint_url, bucket=bucket,
+              key=tmp_path / "fleet.key", pub=tmp_path / "fleet.pub")
+    yield f
+    f.stop_all()

@@ -1,0 +1,41 @@
+"""The agent's Prometheus metrics, on [fleet] metrics_listen (own registry).
+
+  releaser_agent_applied_seq           seq of the pointer whose release is live here
+  releaser_agent_download_bytes_total  compressed bytes downloaded
+  releaser_agent_poll_errors_total     polls or applies that failed for a transient reason
+  releaser_agent_pointer_expired       1 while the channel pointer is past `expires`
+                                       (alert: nobody re-signed it, or the bucket froze)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.applied_seq = Gauge("releaser_agent_applied_seq",
+                                 "Seq of the channel pointer whose release is live here",
+                                 registry=self.registry)
+        self.download_bytes = Counter("releaser_agent_download_bytes",
+                                      "Compressed release bytes downloaded from the bucket",
+                                      registry=self.registry)
+        self.poll_errors = Counter("releaser_agent_poll_errors",
+                                   "Polls that failed (bucket unreachable, store busy)",
+                                   registry=self.registry)
+        self.pointer_expired = Gauge("releaser_agent_pointer_expired",
+                                     "1 while the channel pointer is past its expiry",
+                                     registry=self.registry)
+
+    def serve(self, listen: str) -> str | None:
+        """Start the HTTP endpoint; its URL, or None when listen is empty."""
+        if not listen:
+            return None
+        from prometheus_client import start_http_server
+
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                            registry=self.registry)
+        bound = server.server_address[1]
+        return f"http://{listen.rpartition(':')[0]}:{bound}/metrics"
