@@ -20,8 +20,8 @@ from releaser.cli import cli
 from releaser.config import load_config
 from releaser.fleet.bucket import Bucket
 from releaser.fleet.sign import keygen
-from releaser.sample import write_sample
 from tests.conftest import RELEASER_BIN, config_text
+from tests.sample import write_sample
 
 HERE = Path(__file__).resolve().parent
 
