@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import sys
@@ -343,34 +344,61 @@ def _print_report(report: GateReport) -> None:
 
 
 @cli.command()
-@click.option("--to", "to", metavar="RELEASE_ID", help="Go back to this release (see history).")
+@click.option("--to", "to", metavar="RELEASE_ID",
+              help="Go back to this release (`releaser releases` lists the ones accepted).")
+@click.option("--expect-live", "expect_live", metavar="RELEASE_ID",
+              help="Roll back only if this release is live (else exit 3, nothing changes). "
+                   "With --wait it defaults to the release live when the command starts.")
 @click.option("--reason", help="Why (recorded in history).")
 @wait_option
 @json_option
-def rollback(to: str | None, reason: str | None, wait_s: float, as_json: bool) -> None:
+def rollback(to: str | None, expect_live: str | None, reason: str | None, wait_s: float,
+             as_json: bool) -> None:
     """Put the previous good release back, in constant time.
 
-    Without --to, goes back to the release that was live before the current
-    one. The target gets a structural check first (header, schema, probes)
-    whose cost does not depend on the database size.
+    Without --to, goes one step further back in the live history each time
+    (5 -> 4 -> 3), skipping bad releases and releases already rolled back
+    from. When nothing older is good it exits 4 and prints the `rollback
+    --to` command for each release it would accept. The target gets a
+    structural check first (header, schema, probes) whose cost does not
+    depend on the database size.
 
     \b
     Examples:
       releaser rollback --reason "categories look wrong"
       releaser rollback --to 12
+      releaser rollback --expect-live 14 --wait 30
     """
+    from .errors import NothingToRollback
     from .rollback import rollback as roll_back
     from .session import parse_release_id
 
     target = parse_release_id(to) if to is not None else None
-    result = roll_back(_settings().config, actor=actor(), to=target, reason=reason,
-                       wait_s=wait_s)
+    expected = parse_release_id(expect_live) if expect_live is not None else None
+    try:
+        result = roll_back(_settings().config, actor=actor(), to=target, reason=reason,
+                           wait_s=wait_s, expect_live=expected)
+    except NothingToRollback as exc:
+        if exc.accepted:
+            exc.message += (f"; to go back to release {exc.accepted[0]}, run "
+                            f"`{command_prefix()} rollback --to {exc.accepted[0]}`")
+        raise
     if as_json:
         emit_json(result.as_dict())
         return
     click.echo(f"rolled back to release {result.release_id} (slot {result.slot}, sha256 "
                f"{result.sha256[:12]}…) from release {result.from_release_id} in "
                f"{result.duration_ms:.1f} ms")
+
+
+def command_prefix() -> str:
+    """`releaser` with the global options this invocation was given, for a printed command."""
+    s = _settings()
+    parts = ["releaser"]
+    for flag, value in (("--config", s.config_path), ("--root", s.root), ("--live", s.live)):
+        if value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 # -- status, history, check --------------------------------------------------
@@ -397,15 +425,31 @@ def status(as_json: bool) -> None:
     if live["release_id"] is None:
         click.echo("live:      none")
     else:
-        click.echo(f"live:      release {live['release_id']} in {live['slot']} "
-                   f"({live['status']}), sha256 {live['sha256']}, published {live['published_at']}")
+        health = live.get("health") or {}
+        if health.get("reasons"):
+            click.echo(f"live:      release {live['release_id']} in {live['slot']} UNHEALTHY: "
+                       + "; ".join(health["reasons"]))
+            click.echo(f"           ({live['status']}), sha256 {live['sha256']}, published "
+                       f"{live['published_at']}")
+        else:
+            word = {True: "healthy", None: "not checked yet"}.get(health.get("ok"), "?")
+            click.echo(f"live:      release {live['release_id']} in {live['slot']} "
+                       f"({live['status']}, {word}), sha256 {live['sha256']}, published "
+                       f"{live['published_at']}")
     if idle["release_id"] is None:
         click.echo(f"idle:      {idle['slot']} (empty)")
     else:
         click.echo(f"idle:      release {idle['release_id']} in {idle['slot']} "
                    f"({idle['status']}), sha256 {idle['sha256']}")
     target = doc["rollback_target"]
-    click.echo(f"rollback:  {'to release ' + str(target) if target else 'nothing to roll back to'}")
+    if target:
+        click.echo(f"rollback:  to release {target} (`{command_prefix()} rollback`)")
+    elif doc.get("rollback_to"):
+        to = doc["rollback_to"][0]
+        click.echo(f"rollback:  nothing older; `{command_prefix()} rollback --to {to}` puts "
+                   f"release {to} back (`releaser releases` lists all it accepts)")
+    else:
+        click.echo("rollback:  nothing to roll back to")
     check_doc = doc["last_check"]
     if check_doc:
         state_word = "healthy" if check_doc["ok"] else "UNHEALTHY"

@@ -52,6 +52,8 @@ class LockBusy(ReleaserError):
 
 class NothingToRollback(ReleaserError):
     exit_code = EXIT_NOTHING
+    # release ids `rollback --to` would accept instead, newest first
+    accepted: list[int] = []
 
 
 class StoreIOError(ReleaserError):

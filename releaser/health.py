@@ -152,3 +152,39 @@ def identity_problem(path: Path, release: Release, state: StateDB) -> str | None
     with state.transaction():
         state.set_file_identity(release.id, st.st_ino, st.st_mtime_ns)
     return None
+
+
+def identity_changed(path: Path, release: Release) -> str | None:
+    """O(1), read-only: is path still the recorded file (size, inode, mtime)? None when so.
+
+    Unlike identity_problem it never hashes (status must stay instant): a moved inode or
+    mtime is reported, and `releaser check --hash` settles whether the bytes changed.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    if st.st_size != release.size:
+        return f"size {release.size} -> {st.st_size}"
+    if release.inode is not None and (st.st_ino, st.st_mtime_ns) != (release.inode,
+                                                                     release.mtime_ns):
+        return "its inode or mtime changed since it was placed; `releaser check --hash` decides"
+    return None
+
+
+def live_health(live_path: Path, release: Release | None,
+                last_check: dict[str, Any] | None) -> dict[str, Any]:
+    """The live release's health for `status`: its last recorded check plus a fresh O(1)
+    identity check. ok is None when it was never checked and nothing looks wrong."""
+    reasons: list[str] = []
+    if release is not None:
+        changed = identity_changed(live_path, release)
+        if changed:
+            reasons.append(f"file is not release {release.id} as recorded ({changed})")
+    checked = (last_check if last_check and release is not None
+               and last_check.get("release_id") == release.id else None)
+    if checked and not checked["ok"]:
+        reasons += [r for r in checked["reasons"] if r not in reasons]
+    ok: bool | None = False if reasons else (True if checked else None)
+    return {"ok": ok, "reasons": reasons, "checked_at": checked["at"] if checked else None,
+            "checked_by": checked["actor"] if checked else None}

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import gates, health, hooks
 from .announce import announce, hook_env
 from .config import Config
-from .errors import GateFailed, NothingToRollback, ReleaserError, UsageError
+from .errors import EXIT_LOCKED, GateFailed, NothingToRollback, ReleaserError, UsageError
 from .recover import reconcile
 from .results import RollbackResult
 from .session import (
@@ -27,6 +27,7 @@ from .session import (
     file_of,
     open_store,
     previous_release,
+    rollback_candidates,
 )
 from .state import Release
 
@@ -40,15 +41,40 @@ def rollback(
     to: int | None = None,
     reason: str | None = None,
     wait_s: float = 0.0,
+    expect_live: int | None = None,
 ) -> RollbackResult:
-    with open_store(config) as ctx, ctx.store.lock("rollback", wait_s):
-        reconcile(ctx, actor=actor)
-        ensure_live_is_ours(ctx.store)
-        return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
+    """expect_live: roll back only if this release is live once the lock is held. With
+    wait_s > 0 and no expect_live, the release live now is expected: whoever asked to
+    roll back meant the release they saw, not one a publish made live while they waited."""
+    with open_store(config) as ctx:
+        seen = ctx.store.live_release_id()
+        if expect_live is None and wait_s > 0:
+            expect_live = seen
+        with ctx.store.lock("rollback", wait_s):
+            reconcile(ctx, actor=actor)
+            ensure_live_is_ours(ctx.store)
+            live_id = ctx.store.live_release_id()
+            if expect_live is not None and live_id != expect_live:
+                if seen == expect_live:
+                    raise LiveChanged(
+                        f"{config.live_path}: live changed from release {expect_live} to "
+                        f"{_name(live_id)} while waiting for the lock; nothing rolled back "
+                        "(check `releaser status`, then roll back again if still needed)")
+                raise LiveChanged(
+                    f"{config.live_path}: live is {_name(live_id)}, not release "
+                    f"{expect_live} (--expect-live); nothing rolled back")
+            return _rollback_locked(ctx, actor=actor, to=to, reason=reason,
+                                    action="rollback")
+
+
+def _name(release_id: int | None) -> str:
+    return f"release {release_id}" if release_id is not None else "no release"
 
 
 class LiveChanged(ReleaserError):
-    """The live release changed between the failed check and taking the lock."""
+    """Live is not the release the caller expected (another operation changed it)."""
+
+    exit_code = EXIT_LOCKED
 
 
 def revert_live(config: Config, *, actor: str, reasons: list[str],
@@ -94,13 +120,11 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
     if to is None:
         target = previous_release(ctx, live_id)
         if target is None:
-            raise NothingToRollback(
-                f"{ctx.config.root}: no earlier good release to roll back to"
-                + (f" (live is release {live_id})" if live_id else " (nothing is live)"))
+            raise _nothing_older(ctx, live_id)
     else:
         target = state.release(to)
         if target is None:
-            raise UsageError(f"{state.path}: no release {to}; see `releaser history`")
+            raise UsageError(f"{state.path}: no release {to}; see `releaser releases`")
         if target.status != "good":
             raise UsageError(f"release {to} is {target.status}"
                              + (f" ({target.status_reason})" if target.status_reason else "")
@@ -142,6 +166,22 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
     return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
                           slot=slot, sha256=target.sha256, reason=reason,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+def _nothing_older(ctx: Context, live_id: int | None) -> NothingToRollback:
+    """Exit 4, naming what `rollback --to` accepts instead (the CLI adds the command)."""
+    accepted = rollback_candidates(ctx, live_id)
+    idle = set(ctx.store.slot_files(ctx.store.idle_slot()))
+    message = (f"{ctx.config.root}: nothing older to roll back to: every earlier release is "
+               "bad, no longer on disk, or was rolled back from"
+               + (f" (live is release {live_id})" if live_id else " (nothing is live)"))
+    if accepted:
+        message += "; `rollback --to` accepts " + ", ".join(
+            f"release {r.id} (published {r.published_at}, {'idle' if r.id in idle else 'archived'}"
+            f", {r.status})" for r in accepted)
+    err = NothingToRollback(message)
+    err.accepted = [r.id for r in accepted]
+    return err
 
 
 def _target_problem(ctx: Context, target: Release, path: Path) -> str | None:

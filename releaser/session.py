@@ -78,6 +78,17 @@ def previous_release(ctx: Context, live_id: int | None) -> Release | None:
     return None
 
 
+def rollback_candidates(ctx: Context, live_id: int | None, limit: int = 5) -> list[Release]:
+    """What `rollback --to` accepts, newest first: good, published, on disk, not live."""
+    out: list[Release] = []
+    for rel in ctx.state.releases(statuses=("good",)):
+        if rel.id != live_id and rel.published_at and file_of(ctx.store, rel.id) is not None:
+            out.append(rel)
+            if len(out) >= limit:
+                break
+    return out
+
+
 def ensure_live_is_ours(store: Store) -> None:
     live = store.live_path
     if live.is_symlink():

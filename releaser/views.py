@@ -16,7 +16,14 @@ from .config import Config
 from .errors import GateFailed, UsageError
 from .preflight import check_source_path, hot_journal
 from .schema_gates import add_schema_gates
-from .session import Context, file_of, open_store, parse_release_id, previous_release
+from .session import (
+    Context,
+    file_of,
+    open_store,
+    parse_release_id,
+    previous_release,
+    rollback_candidates,
+)
 from .store import Store
 
 
@@ -72,6 +79,10 @@ def status(config: Config) -> dict[str, Any]:
         elif store.live_path.is_symlink() and not store.live_path.exists():
             problems.append(f"{store.live_path} is a dangling symlink")
         previous = previous_release(ctx, live_id)
+        last_check = ctx.state.last_health_check()
+        live_rel = ctx.state.release(live_id) if live_id is not None else None
+        live["health"] = (health.live_health(store.live_path, live_rel, last_check)
+                          if live_rel is not None else None)
         return {
             "live_path": str(config.live_path),
             "root": str(config.root),
@@ -79,7 +90,9 @@ def status(config: Config) -> dict[str, Any]:
             "live": live,
             "idle": idle,
             "rollback_target": previous.id if previous else None,
-            "last_check": ctx.state.last_health_check(),
+            # what `rollback --to` accepts (newest first, at most 5)
+            "rollback_to": [r.id for r in rollback_candidates(ctx, live_id)],
+            "last_check": last_check,
             "lock": store.lock_holder(),
             "archived": sorted(store.archived_ids()),
             "problems": problems,

@@ -115,7 +115,8 @@ def test_publish_makes_release_live_and_keeps_previous_ready(store: Env) -> None
     status = store.status()
     assert status["live"] == {
         "slot": "green", "release_id": 2, "sha256": res2["sha256"], "status": "good",
-        "published_at": status["live"]["published_at"], "note": None, "path": str(target)}
+        "published_at": status["live"]["published_at"], "note": None, "path": str(target),
+        "health": {"ok": None, "reasons": [], "checked_at": None, "checked_by": None}}
     assert status["idle"]["release_id"] == 1 and status["idle"]["slot"] == "blue"
     assert status["idle"]["sha256"] == res1["sha256"]
     assert status["rollback_target"] == 1
@@ -229,7 +230,7 @@ def test_rollback_walks_back_past_rolled_back_releases(store: Env) -> None:
 
 def test_rollback_with_nothing_is_exit_4(store: Env) -> None:
     result = store.cli("rollback", expect=4)
-    assert "no earlier good release" in result.stderr
+    assert "nothing older to roll back to" in result.stderr
     store.cli("publish", str(store.make_db()))
     store.cli("rollback", expect=4)
 
