@@ -18,12 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from . import faults
 from .conftest import RELEASER_BIN, Env, config_text
+
+# issue 11: reproductions land before their fixes; each fix removes its marker
+PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=False)
 
 # -- item 2: the same store through another spelling of its path ---------------
 
 
+@PENDING
 def test_store_reached_through_a_symlinked_parent_is_the_same_store(published: Env) -> None:
     alias = published.tmp.parent / f"{published.tmp.name}-alias"
     alias.symlink_to(published.tmp)
@@ -52,6 +58,7 @@ def test_store_reached_through_a_symlinked_parent_is_the_same_store(published: E
 # -- hooks: items 5, 11, 12 ------------------------------------------------------
 
 
+@PENDING
 def test_hook_leaving_a_background_child_is_judged_by_its_exit_status(
         published: Env) -> None:
     """Item 5: `sh -c 'sleep 30 & exit 0'` succeeded; its child holds the pipe."""
@@ -71,6 +78,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@PENDING
 def test_interrupting_a_hook_kills_its_process_group(published: Env) -> None:
     """Item 11: SIGTERM to publish while an after_swap hook runs: no hook left behind."""
     pids = published.tmp / "hook.pids"
@@ -102,6 +110,7 @@ def _peak_rss_kib(cmd: list[str]) -> tuple[int, int]:
     return usage.ru_maxrss, proc.returncode
 
 
+@PENDING
 def test_hook_printing_300_mb_keeps_publish_memory_flat(published: Env) -> None:
     """Item 12: a hook's output is streamed and only a bounded tail kept."""
     script = published.tmp / "loud.py"
@@ -120,6 +129,7 @@ after_swap = [{{ argv = ["{sys.executable}", "{script}"], timeout_s = 60 }}]
 # -- item 11: status probes the flock, not the pid --------------------------------
 
 
+@PENDING
 def test_status_ignores_a_lock_file_naming_a_live_pid_that_holds_no_lock(
         published: Env) -> None:
     lock = published.root / "lock"
@@ -137,6 +147,7 @@ def test_status_ignores_a_lock_file_naming_a_live_pid_that_holds_no_lock(
 # -- item 9: state.db briefly locked is not a rejection ---------------------------
 
 
+@PENDING
 def test_watch_retries_when_state_db_is_briefly_locked(published: Env) -> None:
     inbox = published.tmp / "inbox"
     inbox.mkdir()
@@ -168,6 +179,7 @@ patch("StateDB.add_release", before=locked)
 # -- item 13: the small ones -------------------------------------------------------
 
 
+@PENDING
 def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
     db = published.make_db("bad\nname.db", sql="DELETE FROM tags_final;")
     published.cli("publish", str(db), expect=1)
@@ -176,6 +188,7 @@ def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
     assert "bad\\nname.db" in out
 
 
+@PENDING
 def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
         published: Env) -> None:
     inbox = published.tmp / "inbox"
@@ -201,6 +214,7 @@ def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
         proc.communicate(timeout=30)
 
 
+@PENDING
 def test_rollback_says_which_releases_it_skipped_because_their_files_are_gone(
         published: Env) -> None:
     published.cli("publish", str(published.make_db("three.db", seed=3)))
