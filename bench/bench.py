@@ -11,6 +11,8 @@ In one run, on the same machine and the same (cached) file:
   rollback to the 1 GB release vs a 10 MB one   target ratio <= 1.2
   one monitor check (check_live, no hash, no integrity) on the 1 GB live release vs
   the seed-style check (COUNT(*) + AVG scan)    target <= 1/5
+  `releaser --version` wall time vs `python -c 'import click'`   target <= 2x
+  (`--startup-only` measures just that, in a few seconds)
 
 The 8M-row file is generated once and cached under bench-results/ (gitignored).
 Prints a table and writes bench-results/bench-<time>.json and bench-results/latest.json.
@@ -132,6 +134,31 @@ def monitor_check(cfg: Path) -> float:
     return wall
 
 
+def startup(trials: int = 21) -> tuple[float, float]:
+    """Median wall seconds of `releaser --version` and of `python -c 'import click'`,
+    alternated so both see the same machine load."""
+    rel, click_ = [], []
+    for _ in range(trials):
+        rel.append(run([str(RELEASER), "--version"])[0])
+        click_.append(run([sys.executable, "-c", "import click"])[0])
+    return med(rel), med(click_)
+
+
+def startup_row(trials: int = 21) -> tuple[str, float, str, float, str, bool]:
+    rel_s, click_s = startup(trials)
+    ratio = rel_s / click_s
+    return ("releaser --version (s)", rel_s, f"import click {click_s:.3f} s", ratio, "<= 2.0",
+            ratio <= 2.0)
+
+
+def print_rows(rows: list[tuple[str, float, str, float, str, bool]]) -> None:
+    print(f"{'measure':<30} {'value':>10}  {'floor / baseline':<26} {'ratio':>7}  "
+          f"{'target':<9} ok")
+    for name, value, base, ratio, target, ok in rows:
+        print(f"{name:<30} {value:>10.3f}  {base:<26} {ratio:>7.3f}  {target:<9} "
+              f"{'yes' if ok else 'NO'}")
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -141,7 +168,13 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=8_000_000)
     ap.add_argument("--small-rows", type=int, default=80_000, help="the ~10 MB candidate")
     ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--startup-only", action="store_true",
+                    help="only `releaser --version` against `import click`")
     args = ap.parse_args()
+    if args.startup_only:
+        row = startup_row()
+        print_rows([row])
+        return 0 if row[-1] else 1
     OUT.mkdir(exist_ok=True)
     big, small = candidate(args.rows, 1), candidate(args.small_rows, 1)
     work = OUT / "work"
@@ -200,16 +233,13 @@ def main() -> int:
          med(rb_big_ms) / med(rb_small_ms), "(info)", True),
         ("monitor check 1 GB (s)", med(monitor), f"seed-style {med(seed_style):.3f} s",
          med(monitor) / med(seed_style), "<= 0.2", med(monitor) / med(seed_style) <= 0.2),
+        startup_row(),
     ]
     size_mb = big.stat().st_size / 1e6
     print(f"\n{args.rows} rows, {size_mb:.0f} MB; {platform.node()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}")
-    print(f"{'measure':<30} {'value':>10}  {'floor / baseline':<26} {'ratio':>7}  "
-          f"{'target':<9} ok")
-    for name, value, base, ratio, target, ok in rows:
-        print(f"{name:<30} {value:>10.3f}  {base:<26} {ratio:>7.3f}  {target:<9} "
-              f"{'yes' if ok else 'NO'}")
+    print_rows(rows)
     doc = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": args.rows, "size_bytes": big.stat().st_size, "host": platform.node(),

@@ -1,14 +1,15 @@
 """Telling others about an outcome: hook environments and webhook notifications.
 
 Neither ever changes an outcome: announce() logs a notification it could not
-start and returns; delivery runs in the background (notify.py).
+start and returns; delivery runs in the background (notify.py). notify (and with
+it http.client, ssl, email) is imported only when a webhook is configured.
 """
 
 from __future__ import annotations
 
 import logging
 
-from . import hooks, notify
+from . import hooks
 from .session import Context
 
 log = logging.getLogger("releaser.announce")
@@ -28,6 +29,8 @@ def announce(ctx: Context, action: str, outcome: str, *, release_id: int | None,
     """Webhook notification in the background; a failure is logged, never raised."""
     if not ctx.config.notify.webhook:
         return
+    from . import notify
+
     try:
         notify.send(ctx.config.notify, notify.payload(
             action, outcome, live_path=str(ctx.config.live_path), reasons=reasons or [],

@@ -17,16 +17,22 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .config import Config, load_config
-from .diff import render as render_diff
 from .errors import EXIT_IO, ReleaserError
-from .gates import GateReport
 from .log import setup_logging
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .gates import GateReport
+
+# Each command imports its verb (and the verb its dependencies) when it runs:
+# `--help`, `status` and `rollback` load neither the diff engine, nor HTTP/TLS,
+# nor prometheus_client, watchdog or APScheduler; `--help` and `--version` not
+# even the config (tests/test_layout.py checks; `make bench` times start-up).
 
 PROGRESS_MIN_BYTES = 64 << 20  # a progress bar only for copies long enough to watch
 
@@ -50,6 +56,8 @@ class Settings:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from .config import load_config  # not needed by --help and --version
+
             self._config = load_config(self.config_path, root=self.root, live=self.live)
         return self._config
 
@@ -325,6 +333,8 @@ def _print_diff(doc: dict[str, Any] | None) -> None:
     if "error" in doc:
         click.echo(f"diff: {doc['error']}")
     else:
+        from .diff import render as render_diff
+
         for line in render_diff(doc):
             click.echo(line)
     click.echo("")
@@ -559,6 +569,8 @@ def diff(a: str | None, b: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(doc)
         return
+    from .diff import render as render_diff
+
     for line in render_diff(doc):
         click.echo(line)
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import diff as diffing
 from . import gates, hooks
 from .announce import announce, hook_env
 from .config import Config
@@ -261,6 +260,8 @@ def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,
 
 def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
                   ) -> dict[str, Any] | None:
+    from . import diff as diffing  # --dry-run only
+
     live = ctx.store.live_target()
     if live is None or live_id is None:
         return None

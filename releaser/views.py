@@ -8,14 +8,12 @@ it is given (no copy), against the live release's baseline when a store exists.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import diff as diffing
 from . import gates, health, readers
 from .config import Config
 from .errors import GateFailed, UsageError
 from .preflight import check_source_path, hot_journal
-from .schema_gates import add_schema_gates
 from .session import (
     Context,
     file_of,
@@ -26,9 +24,14 @@ from .session import (
 )
 from .store import Store
 
+if TYPE_CHECKING:
+    from . import diff as diffing
+
 
 def validate(config: Config, source: Path) -> gates.GateReport:
     """Run the gates on a file without publishing (read-only; no lock needed)."""
+    from .schema_gates import add_schema_gates  # validate only: status skips the plans
+
     check_source_path(source)
     hot = hot_journal(source)
     if hot:
@@ -137,6 +140,8 @@ def releases(config: Config) -> list[dict[str, Any]]:
 
 def _side(ctx: Context | None, spec: str) -> diffing.Side:
     """A file path, else a release id (`3`, `r3`) looked up in the store."""
+    from . import diff as diffing  # only `diff` needs the diff engine
+
     path = Path(spec)
     if path.exists():
         if path.is_dir():
@@ -165,6 +170,8 @@ def _side(ctx: Context | None, spec: str) -> diffing.Side:
 
 def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
     """A vs B; B defaults to the live release, A to the idle one (what a rollback does)."""
+    from . import diff as diffing
+
     store = Store(config.root, config.live_path)
     if a is not None and b is not None and Path(a).exists() and Path(b).exists():
         return diffing.diff_files(_side(None, a), _side(None, b), config)

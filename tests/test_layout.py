@@ -1,0 +1,99 @@
+"""The layout: light commands import only what they use; imports flow one way."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import Env
+
+PACKAGE = Path(__file__).resolve().parent.parent / "releaser"
+
+# What `--help`, `status` and `rollback` never need: webhooks (and with them
+# http.client, ssl, email), the diff engine, and the long-running services' libraries.
+NOT_FOR_LIGHT_COMMANDS = (
+    "releaser.notify", "releaser.httpclient", "http.client", "ssl", "email",
+    "releaser.diff", "releaser.monitor", "releaser.watch", "releaser.metrics",
+    "prometheus_client", "watchdog", "apscheduler",
+    "releaser.fleet", "boto3", "botocore", "zstandard", "cryptography",
+)
+
+# Runs one CLI command in a fresh interpreter, then writes what it imported.
+PROBE = """
+import json, os, sys
+from releaser.cli import cli
+code = 0
+try:
+    cli.main(args=sys.argv[1:], prog_name="releaser")
+except SystemExit as exc:
+    code = exc.code or 0
+with open(os.environ["PROBE_OUT"], "w") as fh:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, fh)
+"""
+
+
+def imported_by(tmp: Path, *args: str) -> set[str]:
+    out = tmp / "probe.json"
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PROBE_OUT": str(out)})
+    doc = json.loads(out.read_text())
+    assert doc["code"] == 0, proc.stderr
+    return set(doc["modules"])
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules
+                  if any(m == x or m.startswith(x + ".") for x in NOT_FOR_LIGHT_COMMANDS))
+
+
+def test_help_status_and_rollback_import_only_what_they_use(published: Env) -> None:
+    cfg = ("--config", str(published.config))
+    assert heavy(imported_by(published.tmp, "--help")) == []
+    assert heavy(imported_by(published.tmp, *cfg, "status")) == []
+    assert heavy(imported_by(published.tmp, *cfg, "rollback", "--reason", "layout")) == []
+    assert published.status()["live"]["release_id"] == 1  # the rollback really ran
+    # the probe sees imports: `diff` does load the diff engine
+    assert "releaser.diff" in imported_by(published.tmp, *cfg, "diff", "1", "2")
+
+
+def test_a_configured_webhook_is_still_sent_from_rollback(published: Env) -> None:
+    """The other side of the lazy import: with a webhook, rollback loads notify."""
+    published.write_config('[[notify.webhook]]\nurl = "http://127.0.0.1:9/hook"\n'
+                           'retries = 0\ntimeout_s = 0.5\n')
+    mods = imported_by(published.tmp, "--config", str(published.config), "rollback")
+    assert "releaser.notify" in mods
+
+
+def _relative_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.add(node.module.split(".")[0])
+            else:
+                out.update(a.name for a in node.names)
+    return out - {"__version__"}
+
+
+def test_module_imports_have_no_cycles() -> None:
+    """cli -> verbs -> store/gates/state: one way (in-function imports count too)."""
+    graph = {p.stem: _relative_imports(p) for p in PACKAGE.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(mod: str, path: tuple[str, ...]) -> None:
+        if mod in path:
+            pytest.fail("import cycle: " + " -> ".join((*path[path.index(mod):], mod)))
+        if mod in done:
+            return
+        for dep in sorted(graph.get(mod, ())):
+            visit(dep, (*path, mod))
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, ())
