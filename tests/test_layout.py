@@ -21,7 +21,7 @@ NOT_FOR_LIGHT_COMMANDS = (
     "releaser.notify", "releaser.httpclient", "http.client", "ssl", "email",
     "releaser.diff", "releaser.monitor", "releaser.watch", "releaser.metrics",
     "prometheus_client", "watchdog", "apscheduler",
-    "releaser.fleet", "boto3", "botocore", "zstandard", "cryptography",
+    "boto3", "botocore", "zstandard", "cryptography",
 )
 
 # Runs one CLI command in a fresh interpreter, then writes what it imported.
