@@ -6,7 +6,7 @@ DEMO := var/demo
 DEMO_CONFIG := $(DEMO)/releaser.toml
 RELEASER := $(BIN)/releaser --config $(DEMO_CONFIG)
 
-.PHONY: venv demo test lint bench stress clean install-systemd
+.PHONY: venv demo demo-fleet test lint bench stress clean install-systemd
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ demo: venv
 	$(RELEASER) rollback --reason "demo rollback"
 	$(RELEASER) status
 	@echo "demo store: $(DEMO) (the app would open $(DEMO)/app/tags.db)"
+
+# a local SeaweedFS, 3 agents, two pushes, a fleet rollback, `fleet status`; stops all
+demo-fleet: venv
+	rm -rf var/demo-fleet
+	$(BIN)/python -m tests.fleetdemo var/demo-fleet
 
 test: venv
 	$(BIN)/python -m pytest -n 2 -q -m "not stress and not bench"

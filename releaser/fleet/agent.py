@@ -324,7 +324,7 @@ def run_agent(config: Config, *, once: bool = False, announce: Any = None) -> in
     wd = sdnotify.watchdog_interval_s()
     if wd:
         def ping() -> None:
-            while not stop.wait(wd / 2):
+            while not stop.wait(wd):  # wd is already half of WatchdogSec
                 if time.monotonic() < agent.deadline:
                     sdnotify.notify("WATCHDOG=1")
                 else:

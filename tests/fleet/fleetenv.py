@@ -80,11 +80,13 @@ class Host:
     def releases(self) -> list[dict[str, Any]]:
         return self.cli_json("releases")
 
-    def start_agent(self, argv: list[str] | None = None) -> None:
+    def start_agent(self, argv: list[str] | None = None,
+                    env: dict[str, str] | None = None) -> None:
         """`releaser agent` (or argv, a test-side wrapper) as a real subprocess."""
         cmd = argv or [str(RELEASER_BIN), "--config", str(self.config), "-v", "agent"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
 
     def stop_agent(self, sig: int = signal.SIGTERM) -> str:
         proc, self.proc = self.proc, None

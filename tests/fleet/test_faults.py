@@ -6,6 +6,7 @@ as `reverted`, not re-applied)."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 
 from releaser.fleet.agent import Agent
@@ -48,9 +49,19 @@ def test_sigkill_mid_download_leaves_nothing_and_next_run_completes(fleet: Fleet
     host.stop_agent(signal.SIGKILL)
     assert host.live_sha() is None  # nothing half-applied
 
-    host.start_agent()
-    fleet.wait_all([host], "applied", pushed["seq"])
-    host.stop_agent()
+    sock_path = fleet.tmp / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    try:  # the real `releaser agent`, as systemd runs it (Type=notify, watchdog)
+        host.start_agent(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        fleet.wait_all([host], "applied", pushed["seq"])
+        got = b""
+        while b"READY=1" not in got or b"WATCHDOG=1" not in got:
+            got += sock.recv(4096)
+        host.stop_agent()
+    finally:
+        sock.close()
     assert host.live_sha() == pushed["sha256"]
     assert list(incoming.iterdir()) == []
 
