@@ -1,7 +1,8 @@
 """`releaser monitor`: scheduled health checks of the live release, auto-revert, metrics.
 
-One APScheduler BlockingScheduler job runs a check every [monitor] interval_s
-(first one at start). A check re-resolves live_path and is O(1) in the file size
+One APScheduler job runs a check every [monitor] interval_s (first one at start),
+timed by the monotonic clock (schedule.py): a wall-clock step neither stalls nor
+bunches checks. A check re-resolves live_path and is O(1) in the file size
 except every hash_every-th check (full sha256) and every integrity_every-th
 (quick_check); a check whose full pass failed repeats that pass until it passes,
 so a fault only the hash can see keeps counting as a failure.
@@ -42,12 +43,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import health, rollback, sdnotify, session
 from .config import Config
 from .errors import LockBusy, ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
+from .schedule import MonotonicInterval, SteadyScheduler
 from .store import Store
 
 log = logging.getLogger("releaser.monitor")
@@ -76,7 +77,7 @@ class Monitor:
         self.stats = CheckStats()
         self.metrics = Metrics(config, self.stats)
         self.server: MetricsServer | None = None
-        self.scheduler: BlockingScheduler | None = None
+        self.scheduler: SteadyScheduler | None = None
         self._n = 0  # checks started: drives the hash/integrity cadence
         self._force_hash = False
         self._force_integrity = False
@@ -329,7 +330,7 @@ class Monitor:
             threading.Thread(target=self._watchdog_loop, args=(wd,), name="releaser-watchdog",
                              daemon=True).start()
 
-        self.scheduler = BlockingScheduler(
+        self.scheduler = SteadyScheduler(
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={
                 "coalesce": True,  # after a stall, one check, not a burst of catch-ups
@@ -338,8 +339,8 @@ class Monitor:
             },
             timezone=UTC,
         )
-        self.scheduler.add_job(self._job, "interval", seconds=self.mcfg.interval_s,
-                               id="health-check", next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(self._job, MonotonicInterval(self.mcfg.interval_s),
+                               id="health-check")
         if not self._stop.is_set():
             self.scheduler.start()  # blocks until _on_signal shuts it down
         return self._finish()
