@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from releaser.session import parse_release_id
 from releaser.store import Store
 
 from . import faults
-from .conftest import Env
+from .conftest import RELEASER_BIN, Env
 
 
 def sha256(path: Path) -> str:
@@ -225,7 +226,9 @@ def test_rollback_walks_back_past_rolled_back_releases(store: Env) -> None:
     assert store.cli_json("rollback")["release_id"] == 1  # from archive, not a slot
     st = store.status()
     assert st["live"]["release_id"] == 1 and st["idle"]["release_id"] == 2
-    assert store.cli("rollback", expect=4)
+    err = store.cli("rollback", expect=4).stderr
+    assert "nothing older to roll back to" in err and "(live is release 1)" in err
+    assert store.status()["live"]["release_id"] == 1
 
 
 def test_rollback_with_nothing_is_exit_4(store: Env) -> None:
@@ -328,7 +331,9 @@ def test_validate(published: Env) -> None:
     empty = published.make_db("e.db", sql="DELETE FROM tags_final;")
     res = published.cli("validate", str(empty), expect=1)
     assert "rows" in res.stderr
-    assert published.cli("validate", str(published.tmp / "missing.db"), expect=2)
+    missing = published.tmp / "missing.db"
+    assert published.cli("validate", str(missing), expect=2).stderr == (
+        f"Error: {missing}: no such file; pass the path of the built database\n")
 
 
 # -- lock ----------------------------------------------------------------------
@@ -357,18 +362,44 @@ def test_lock_busy_is_exit_3_and_status_shows_holder(published: Env) -> None:
 
 
 def test_wait_gets_the_lock_once_released(published: Env) -> None:
+    """`--wait` really waits: the rollback starts while the lock is held (the holder
+    says so), is seen waiting on the lock file, and succeeds once it is released."""
     store = Store(published.root, published.live)
-    import threading
+    held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         with store.lock("test holder"):
-            time.sleep(0.5)
+            held.set()
+            release.wait(60)
 
-    t = threading.Thread(target=hold)
-    t.start()
-    time.sleep(0.1)
-    published.cli("rollback", "--wait", "10")
-    t.join()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        proc = subprocess.Popen([str(RELEASER_BIN), "--config", str(published.config),
+                                 "rollback", "--wait", "60", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def waiting_on_lock() -> bool:  # its lock file is open while we hold the lock
+            fds = Path(f"/proc/{proc.pid}/fd")
+            try:
+                return any(os.readlink(fd) == str(store.lock_path) for fd in fds.iterdir())
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not waiting_on_lock():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "rollback never reached the lock"
+            time.sleep(0.02)
+        assert published.status()["lock"]["command"] == "test holder"
+    finally:
+        release.set()
+        holder.join()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["release_id"] == 1
+    assert published.status()["live"]["release_id"] == 1
 
 
 # -- misc ----------------------------------------------------------------------
@@ -382,7 +413,7 @@ def test_help_shows_examples_and_exit_codes(env: Env) -> None:
 
 
 def test_unknown_option_is_exit_2(env: Env) -> None:
-    assert env.cli("publish", "--bogus", expect=2)
+    assert "No such option '--bogus'" in env.cli("publish", "--bogus", expect=2).stderr
 
 
 def test_io_error_is_one_line_exit_5_cleans_up_and_traceback_with_debug(
@@ -480,7 +511,8 @@ def test_signal_after_swap_swaps_back_and_records(published: Env, sig: int) -> N
     assert (ev["action"], ev["outcome"], ev["release_id"], ev["from_release_id"]) == (
         "publish", "interrupted", 3, 2)
     assert "swapped back to release 2" in ev["reason"]
-    assert published.cli("rollback", "--to", "3", expect=2)  # aborted: not a target
+    # aborted: not a target
+    assert "release 3 is aborted" in published.cli("rollback", "--to", "3", expect=2).stderr
 
 
 def test_sigkill_after_swap_of_a_failing_release_is_swapped_back_by_reconcile(
