@@ -10,12 +10,10 @@ import getpass
 import json
 import os
 import shlex
-import signal
 import sqlite3
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ import click
 from . import __version__
 from .errors import EXIT_IO, ReleaserError
 from .log import setup_logging
+from .signals import interrupt_on_signals
 
 if TYPE_CHECKING:
     from .config import Config
@@ -100,24 +99,6 @@ class ReleaserGroup(click.Group):
 
 
 EXIT_INTERRUPTED = 130
-
-
-@contextmanager
-def interrupt_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, so a publish or
-    rollback cut short can undo an unverified swap on its way out."""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -386,8 +367,9 @@ def rollback(to: str | None, expect_live: str | None, reason: str | None, wait_s
     target = parse_release_id(to) if to is not None else None
     expected = parse_release_id(expect_live) if expect_live is not None else None
     try:
-        result = roll_back(_settings().config, actor=actor(), to=target, reason=reason,
-                           wait_s=wait_s, expect_live=expected)
+        with interrupt_on_signals():
+            result = roll_back(_settings().config, actor=actor(), to=target, reason=reason,
+                               wait_s=wait_s, expect_live=expected)
     except NothingToRollback as exc:
         if exc.accepted:
             exc.message += (f"; to go back to release {exc.accepted[0]}, run "

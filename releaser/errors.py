@@ -7,6 +7,7 @@ Exit codes (documented in README.md, pinned by tests/test_cli.py):
   3 another operation holds the lock
   4 nothing to roll back to
   5 I/O or internal error, live untouched
+  130 interrupted (a signal, or state.db unwritable after the swap); live put back
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_NOTHING = 4
 EXIT_IO = 5
+EXIT_INTERRUPTED = 130
 
 
 class ReleaserError(Exception):
@@ -58,3 +60,9 @@ class NothingToRollback(ReleaserError):
 
 class StoreIOError(ReleaserError):
     exit_code = EXIT_IO
+
+
+class Interrupted(ReleaserError):
+    """Cut short after the swap (a signal, state.db unwritable): the swap was undone."""
+
+    exit_code = EXIT_INTERRUPTED

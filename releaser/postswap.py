@@ -1,23 +1,32 @@
 """After the swap: the release checked through live_path, after_swap hooks, the verify
 window; on any failure the previous release goes back and the reason is recorded.
 
-Invariant: a release never stays live unverified. A failed check swaps back, then
-records the release as bad; an interruption (Ctrl-C, SIGTERM, an error) swaps
-back on the way out, and reconcile finishes the job if even that fails.
+Invariant: a release never stays live unverified. Every way out before the record
+(a failed post-swap check, a failed verify window, a signal, state.db unwritable, a
+bug) runs the same undo_swap: swap back, record the release (bad or aborted) with a
+truthful event, run the after_rollback hooks (after_swap may have told the app about
+the new file), announce it. Signals arriving during the undo are deferred so it is
+not cut in half; if state.db cannot take the record, reconcile writes it later from
+the SWAPPING mark the release got before its swap.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
-from . import gates, hooks, verify
+from . import gates, hooks, signals, verify
 from .announce import announce, hook_env
 from .errors import GateFailed
 from .results import PublishResult
 from .session import Context
 from .store import release_id_of
+
+# status_reason of a release between the moment its swap starts and its record:
+# reconcile then knows it may have been live (see recover.py)
+SWAPPING = "swap in progress"
 
 log = logging.getLogger("releaser.postswap")
 
@@ -26,57 +35,76 @@ def check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
                       previous_target: Path | None, *, actor: str, wait: bool) -> None:
     """Post-swap check through live_path, then hooks and the verify window."""
     config = ctx.config
-    live_id = result.previous_release_id
     post = _post_swap_check(ctx, final)
     result.post_swap = post
     if not post.passed():
         reasons = [r.reason() for r in post.blocking()]
-        _revert_swap(ctx, result, rid, previous_target, "post-swap check failed", reasons,
-                     actor=actor)
+        undo_swap(ctx, result, rid, previous_target, "post-swap check failed", reasons,
+                  actor=actor)
         log.error("release %s failed its post-swap check, swapped back: %s", rid,
                   "; ".join(reasons))
-        announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=result.sha256,
-                  slot=result.slot, source=result.source, from_release_id=live_id,
-                  reasons=reasons)
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
     _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait)
 
 
-def _revert_swap(ctx: Context, result: PublishResult, rid: int, previous_target: Path | None,
-                 why: str, reasons: list[str], *, actor: str) -> None:
-    """A check after the swap failed: put the previous release back, mark this one bad."""
-    ctx.store.swap_back(previous_target)
-    with ctx.state.transaction():
-        ctx.state.set_status(rid, "bad", "; ".join(reasons)[:2000])
-        ctx.state.add_event("publish", actor=actor, outcome="reverted", release_id=rid,
-                            from_release_id=result.previous_release_id,
-                            reason=f"{why}: " + "; ".join(reasons)[:2000])
-    result.outcome, result.reasons = "reverted", reasons
+def undo_swap(ctx: Context, result: PublishResult, rid: int, previous_target: Path | None,
+              why: str, reasons: list[str], *, actor: str, interrupted: bool = False) -> bool:
+    """Put the previous release back and say so everywhere. True when recorded.
 
-
-def undo_unverified_swap(ctx: Context, rid: int, previous_target: Path | None,
-                          exc: BaseException, *, actor: str) -> None:
-    """Best effort, on the way out: swap back and record why."""
+    A failed check marks the release bad (event `reverted`); an interruption marks it
+    aborted (event `interrupted`: nobody said it was bad). A swap back that fails
+    raises (live stays on the new release; the next command's reconcile checks it);
+    a record that fails is logged in one line and left to reconcile.
+    """
+    live_id = result.previous_release_id
     back = release_id_of(previous_target) if previous_target else None
-    try:
+    back_text = f"release {back}" if back else "no live release"
+    status, outcome = ("aborted", "interrupted") if interrupted else ("bad", "reverted")
+    detail = "; ".join(reasons)
+    with signals.deferred(raise_after=False):
         ctx.store.swap_back(previous_target)
-        with ctx.state.transaction():
-            ctx.state.set_status(rid, "aborted", f"interrupted after the swap: {exc!r}"[:2000])
-            ctx.state.add_event(
-                "publish", actor=actor, outcome="interrupted", release_id=rid,
-                from_release_id=back,
-                reason=(f"interrupted after the swap, before its checks completed "
-                        f"({type(exc).__name__}); swapped back to "
-                        f"{'release ' + str(back) if back else 'no live release'}"))
-    except BaseException:  # noqa: BLE001 - reconcile finishes the job under the next lock
-        log.exception("could not undo the swap of release %s", rid)
+        recorded = True
+        try:
+            with ctx.state.transaction():
+                ctx.state.set_status(rid, status, f"{why}: {detail}"[:2000])
+                ctx.state.add_event("publish", actor=actor, outcome=outcome, release_id=rid,
+                                    from_release_id=live_id,
+                                    reason=f"{why}: {detail}; swapped back to {back_text}"[
+                                        :2000])
+        except sqlite3.Error as exc:
+            recorded = False
+            log.error("%s: cannot record that release %s was swapped back to %s (%s); the "
+                      "next command records it", ctx.state.path, rid, back_text, exc)
+        result.outcome, result.reasons = "reverted", reasons
+        # the app may have been told about the new file (after_swap): tell it again
+        back_rel = ctx.state.release(live_id) if live_id is not None and recorded else None
+        hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, hook_env(
+            ctx, "auto-revert", release_id=live_id,
+            sha256=back_rel.sha256 if back_rel else None, slot=ctx.store.live_slot(),
+            previous=rid, reason=f"{why}: {detail}"))
+        announce(ctx, "auto-revert", outcome, release_id=rid, sha256=result.sha256,
+                 slot=result.slot, source=result.source, from_release_id=live_id,
+                 reasons=reasons)
+    return recorded
+
+
+def undo_interrupted_swap(ctx: Context, result: PublishResult, rid: int,
+                          previous_target: Path | None, exc: BaseException, *,
+                          actor: str) -> bool:
+    """On the way out (a signal, state.db unwritable, a bug): the same undo."""
+    cause = (f"signal {exc.args[0]}" if isinstance(exc, KeyboardInterrupt) and exc.args
+             else "Ctrl-C" if isinstance(exc, KeyboardInterrupt)
+             else f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+    return undo_swap(ctx, result, rid, previous_target,
+                     "interrupted after the swap, before its checks completed", [cause],
+                     actor=actor, interrupted=True)
 
 
 def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
                        previous_target: Path | None, *, actor: str, wait: bool) -> None:
     """after_swap hooks, then the verify window; a failure swaps back (exit 1)."""
-    store, state, config = ctx.store, ctx.state, ctx.config
+    config = ctx.config
     live_id = result.previous_release_id
     env = hook_env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
                previous=live_id)
@@ -90,19 +118,10 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
         log.info("release %s verified (%d rounds)", rid, report.rounds)
         return
     reasons = report.reasons
-    _revert_swap(ctx, result, rid, previous_target, "verification failed", reasons,
-                 actor=actor)
+    undo_swap(ctx, result, rid, previous_target, "verification failed", reasons, actor=actor)
     # info: the CLI prints the one-line error, the watcher logs its own line
     log.info("release %s failed verification, swapped back to %s: %s", rid, live_id,
              "; ".join(reasons))
-    # the app was told about the new file (after_swap): tell it about the old one again
-    back = state.release(live_id) if live_id is not None else None
-    hooks.run_hooks("after_rollback", config.hooks.after_rollback, hook_env(
-        ctx, "auto-revert", release_id=live_id, sha256=back.sha256 if back else None,
-        slot=store.live_slot(), previous=rid, reason="; ".join(reasons)))
-    announce(ctx, "auto-revert", "reverted", release_id=rid, sha256=result.sha256,
-              slot=result.slot, source=result.source, from_release_id=live_id,
-              reasons=reasons)
     raise GateFailed(f"{config.live_path}: verification failed, swapped back to "
                      f"{'release ' + str(live_id) if live_id else 'nothing'}: {reasons[0]}",
                      report=result)

@@ -12,15 +12,16 @@ status rejected and one reject event), except under --dry-run, which records not
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from . import gates, hooks
+from . import gates, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
-from .errors import GateFailed, ReleaserError, StoreIOError
-from .postswap import check_after_swap, undo_unverified_swap
+from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
+from .postswap import SWAPPING, check_after_swap, undo_interrupted_swap
 from .preflight import hot_journal, preflight_source, source_sidecar_warnings
 from .recover import reconcile
 from .results import PublishResult
@@ -148,29 +149,47 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         _abort_placed(ctx, rid, actor=actor, error=exc)
         raise
     previous_target = store.live_target()
+    with state.transaction():  # reconcile's clue that this release may have been live
+        state.set_status(rid, "good", SWAPPING)
+    aborted = False
     try:
-        store.swap(final)
-    except StoreIOError as exc:
-        if store.live_target() != final:  # the rename never happened: live is unchanged
-            _abort_placed(ctx, rid, actor=actor, error=exc)
-            raise
-        log.warning("%s", exc.message)  # renamed, only the folder fsync failed: it is live
-    timer.mark("swap")
-    try:
+        with signals.deferred():  # a signal during the swap is raised once it is whole
+            try:
+                store.swap(final)
+            except StoreIOError as exc:
+                if not store.points_at(final):  # the rename never happened: live unchanged
+                    aborted = True
+                    _abort_placed(ctx, rid, actor=actor, error=exc)
+                    raise
+                log.warning("%s", exc.message)  # renamed, only the folder fsync failed
+        timer.mark("swap")
         check_after_swap(ctx, result, rid, final, previous_target, actor=actor,
-                          wait=wait_window)
+                         wait=wait_window)
         timer.mark("verify")
         with state.transaction():
             state.mark_published(rid)
+            state.set_status(rid, "good", None)
             state.add_event("publish", actor=actor, outcome="published", release_id=rid,
                             from_release_id=live_id, reason=note)
     except GateFailed:
         raise  # the checks failed: already swapped back and recorded
     except BaseException as exc:
-        # interrupted (Ctrl-C, SIGTERM, state.db locked...) before the release was
-        # checked and recorded: it must not stay live unverified
-        undo_unverified_swap(ctx, rid, previous_target, exc, actor=actor)
-        raise
+        if aborted:
+            raise
+        if not store.points_at(final):
+            # interrupted before the rename took effect: live never saw it
+            _abort_placed(ctx, rid, actor=actor, error=exc, outcome="interrupted")
+            raise
+        # interrupted (Ctrl-C, SIGTERM, state.db unwritable, a bug) before the release
+        # was checked and recorded: it must not stay live unverified
+        undo_interrupted_swap(ctx, result, rid, previous_target, exc, actor=actor)
+        if isinstance(exc, KeyboardInterrupt | ReleaserError):
+            raise
+        back = f"release {live_id}" if live_id is not None else "no live release"
+        raise Interrupted(
+            f"{state.path if isinstance(exc, sqlite3.Error) else config.live_path}: "
+            f"interrupted after the swap ({type(exc).__name__}: {exc}); swapped back to "
+            f"{back}") from None
     result.outcome = "published"
     target = previous_release(ctx, rid)
     result.rollback_target = target.id if target else None
@@ -237,15 +256,22 @@ def _before_swap(ctx: Context, result: PublishResult, rid: int, *, actor: str) -
                      report=result)
 
 
-def _abort_placed(ctx: Context, rid: int, *, actor: str, error: Exception) -> None:
+def _abort_placed(ctx: Context, rid: int, *, actor: str, error: BaseException,
+                  outcome: str = "error") -> None:
     """Undo a release that failed between its record and the swap: live never saw it."""
     ctx.store.remove_release_files(rid)
-    message = getattr(error, "message", None) or str(error)
-    with ctx.state.transaction():
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    if outcome == "interrupted":
+        message = f"interrupted before the swap ({message}); live unchanged"
+    with signals.deferred(raise_after=False), ctx.state.transaction():
         ctx.state.set_status(rid, "aborted", message[:2000])
-        ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
-                            reason=message[:2000])
-    announce(ctx, "reject", "error", release_id=rid, reasons=[message])
+        if outcome == "interrupted":
+            ctx.state.add_event("publish", actor=actor, outcome="interrupted", release_id=rid,
+                                reason=message[:2000])
+        else:
+            ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
+                                reason=message[:2000])
+    announce(ctx, "reject", outcome, release_id=rid, reasons=[message])
 
 
 def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,

@@ -18,6 +18,7 @@ from . import gates
 from .config import Config
 from .db import read_header
 from .errors import UsageError
+from .postswap import SWAPPING
 from .preflight import hot_journal
 from .session import Context, file_of, open_store
 from .staging import Staged, sha256_file
@@ -109,10 +110,17 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
         if rel.id == live_id:
             notes.append(_recover_unrecorded_publish(ctx, rel, actor=actor))
         else:
+            if rel.status_reason == SWAPPING:
+                # it may have been live: its undo swapped back but could not record it
+                live_text = f"release {live_id}" if live_id is not None else "nothing"
+                why = ("publish was interrupted during or after its swap, before its "
+                       f"record; it is not live (live is {live_text}): swapped back")
+            else:
+                why = "publish was interrupted before the swap; live unchanged"
             with state.transaction():
-                state.set_status(rel.id, "aborted", "publish interrupted before the swap")
+                state.set_status(rel.id, "aborted", why)
                 state.add_event("publish", actor=actor, outcome="interrupted", release_id=rel.id,
-                                reason="publish was interrupted before the swap; live unchanged")
+                                reason=why)
             store.remove_release_files(rel.id)
             notes.append(f"aborted interrupted publish of release {rel.id}")
     transitions = state.live_transitions(limit=1)
@@ -129,6 +137,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
                                 from_release_id=transitions[0].release_id,
                                 reason=f"{action} was interrupted after the swap; recorded now")
             notes.append(f"recorded interrupted {action} to release {live_id}")
+    notes.extend(_explain_bad_live(ctx, store.live_release_id(), actor=actor))
     for slot in SLOTS:
         files = store.slot_files(slot)
         if len(files) > 1:
@@ -174,3 +183,21 @@ def _recover_unrecorded_publish(ctx: Context, rel: Release, *, actor: str) -> st
                         reason=f"publish was killed after the swap and fails its post-swap "
                                f"check: {reasons}"[:2000])
     return f"swapped back from interrupted, failing release {rel.id}"
+
+
+def _explain_bad_live(ctx: Context, live_id: int | None, *, actor: str) -> list[str]:
+    """The live release marked bad with no auto-revert event from it: a revert marked it
+    and then failed to swap (releases before issue 11 did, in that order). Nothing was
+    reverted, so it is good again as far as the record goes; the monitor decides anew."""
+    state = ctx.state
+    rel = state.release(live_id) if live_id is not None else None
+    if rel is None or rel.status != "bad" or state.auto_reverted_from(rel.id):
+        return []
+    why = (f"release {rel.id} is live but was marked bad ({rel.status_reason or 'no reason'}) "
+           "with no revert recorded: the revert never swapped; marked good again")
+    with state.transaction():
+        state.set_status(rel.id, "good", None)
+        # no from_release_id: this is not an attempt, the monitor may still revert it
+        state.add_event("auto-revert", actor=actor, outcome="failed", release_id=rel.id,
+                        reason=why[:2000])
+    return [why]

@@ -15,10 +15,18 @@ import logging
 import time
 from pathlib import Path
 
-from . import gates, health, hooks
+from . import gates, health, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
-from .errors import EXIT_LOCKED, GateFailed, NothingToRollback, ReleaserError, UsageError
+from .errors import (
+    EXIT_LOCKED,
+    GateFailed,
+    Interrupted,
+    NothingToRollback,
+    ReleaserError,
+    StoreIOError,
+    UsageError,
+)
 from .recover import reconcile
 from .results import RollbackResult
 from .session import (
@@ -96,14 +104,15 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
             return None
         rel = ctx.state.release(live_id)
         reason = "; ".join(reasons)[:2000]
-        if rel is not None and rel.status == "good":
-            with ctx.state.transaction():
-                ctx.state.set_status(live_id, "bad", reason)
+        mark_bad = rel is not None and rel.status == "good"
         try:
+            # marked bad in the same transaction as the event, once the swap happened
             return _rollback_locked(ctx, actor=actor, to=None, reason=reason,
-                                    action="auto-revert")
+                                    action="auto-revert", mark_bad=mark_bad)
         except (NothingToRollback, GateFailed) as exc:
             with ctx.state.transaction():
+                if mark_bad:
+                    ctx.state.set_status(live_id, "bad", reason)
                 ctx.state.add_event("auto-revert", actor=actor, outcome="no-target",
                                     release_id=None, from_release_id=live_id,
                                     reason=f"{reason}; kept live: {exc.message}"[:2000])
@@ -113,7 +122,7 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
 
 
 def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | None,
-                     action: str) -> RollbackResult:
+                     action: str, mark_bad: bool = False) -> RollbackResult:
     t0 = time.perf_counter()
     store, state = ctx.store, ctx.state
     live_id = store.live_release_id()
@@ -152,17 +161,38 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
         slot = store.idle_slot()
         source = store.restore_from_archive(target.id, slot)
         store.clear_slot(slot, keep=target.id)
-    store.swap(source)
-    with state.transaction():
-        state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
-                        from_release_id=live_id, reason=reason)
+    signal_name = None
+    try:
+        # a signal during the swap or its record is raised once both are whole
+        with signals.deferred():
+            try:
+                store.swap(source)
+            except StoreIOError as exc:
+                if not store.points_at(source):
+                    raise  # the rename never happened: live untouched
+                # renamed, only the folder fsync failed: it is live, record it
+                log.warning("%s; release %s is live", exc.message, target.id)
+            with state.transaction():
+                if mark_bad and live_id is not None:
+                    state.set_status(live_id, "bad", reason)
+                state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
+                                from_release_id=live_id, reason=reason)
+    except KeyboardInterrupt as exc:
+        signal_name = exc.args[0] if exc.args else "SIGINT"
     log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
-    hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, hook_env(
-        ctx, action, release_id=target.id, sha256=target.sha256, slot=slot, previous=live_id,
-        reason=reason))
-    announce(ctx, action, "ok", release_id=target.id, sha256=target.sha256, slot=slot,
-              source=target.source, from_release_id=live_id,
-              reasons=[reason] if reason else [])
+    try:
+        # the app hears of the swap even when a signal came during it
+        hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, hook_env(
+            ctx, action, release_id=target.id, sha256=target.sha256, slot=slot,
+            previous=live_id, reason=reason))
+        announce(ctx, action, "ok", release_id=target.id, sha256=target.sha256, slot=slot,
+                 source=target.source, from_release_id=live_id,
+                 reasons=[reason] if reason else [])
+    except KeyboardInterrupt as exc:
+        signal_name = exc.args[0] if exc.args else "SIGINT"
+    if signal_name is not None:
+        raise Interrupted(f"{ctx.config.live_path}: interrupted ({signal_name}) after the "
+                          f"swap: release {target.id} is live, recorded in history")
     return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
                           slot=slot, sha256=target.sha256, reason=reason,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 3))

@@ -157,6 +157,11 @@ class Store:
                 os.unlink(tmp)
             raise StoreIOError(f"{self.live_path}: cannot swap the live symlink: {exc}") from None
 
+    def points_at(self, target: Path) -> bool:
+        """Does live_path name target now (compared resolved)?"""
+        current = self.live_target()
+        return current is not None and os.path.realpath(current) == os.path.realpath(target)
+
     def swap_back(self, previous_target: Path | None) -> None:
         """Put back what live_path named before a swap (nothing: remove live_path)."""
         if previous_target is not None:

@@ -40,9 +40,9 @@ STEPS: dict[str, tuple[str, str, int]] = {
     "staged": ("after", "Store.stage", 1),
     "gated": ("after", "run_gates", 1),
     "placed": ("after", "Store.place", 1),
-    "swapped": ("after", "Store.swap", 1),
+    "swapped": ("before", "check_after_swap", 1),  # the swap is whole (signals deferred)
     "recorded": ("before", "prune_archive", 1),
-    "rollback_ready": ("before", "Store.swap", 1),
+    "rollback_ready": ("after", "_target_problem", 1),
     "rollback_swapped": ("after", "Store.swap", 1),
 }
 

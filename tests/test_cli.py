@@ -496,7 +496,6 @@ def _paused_publish(env: Env, db: Path, step: str) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.xfail(reason="issue 11 item 7: the signal lands inside the swap", strict=False)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_after_swap_swaps_back_and_records(published: Env, sig: int) -> None:
     before = published.snapshot()
