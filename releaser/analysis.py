@@ -26,17 +26,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import promql
-from .config import Bounds
+from .config import REDUCERS as REDUCER_NAMES
+from .config import Analysis, PrometheusQuery
+from .errors import ConfigError
 from .httpclient import NoAnswer, http_request
 from .state import utcnow
 
@@ -44,9 +45,7 @@ log = logging.getLogger("releaser.analysis")
 
 REDUCERS: dict[str, Callable[[list[float]], float]] = {
     "max": max, "min": min, "sum": math.fsum, "avg": lambda v: math.fsum(v) / len(v)}
-TEMPLATE_VARS = ("release_id", "host", "channel")
-_TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:-]*")
+assert tuple(REDUCERS) == REDUCER_NAMES
 # read at most this much of an answer (a query reduced to one number is tiny)
 ANSWER_MAX = 4 << 20
 
@@ -54,80 +53,28 @@ PASS, FAIL, INCONCLUSIVE, ERROR = "pass", "fail", "inconclusive", "error"
 OUTCOMES = (PASS, FAIL, INCONCLUSIVE, ERROR)
 
 
-# -- config ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrometheusQuery:
-    """[[analysis.prometheus]]: one PromQL instant query held to fail bounds."""
-
-    name: str
-    address: str
-    query: str
-    fail: Bounds = field(default_factory=Bounds)
-    # how a vector of several series becomes one number; None: the query must
-    # provably return at most one series (promql.at_most_one)
-    reduce: str | None = None
-    # an empty answer is inconclusive (default); false: it counts as a pass
-    inconclusive_when_empty: bool = True
-    # failed evaluations in one run before the analysis fails
-    failure_limit: int = 1
-    interval_s: float = 30.0
-    timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.address.startswith(("http://", "https://")):
-            raise ValueError(f'address must start with http:// or https://, got '
-                             f'"{self.address}"')
-        if self.fail.empty:
-            raise ValueError("fail needs min or max (the bounds a healthy value stays in)")
-        if self.reduce is not None and self.reduce not in REDUCERS:
-            raise ValueError(f'reduce must be one of {", ".join(REDUCERS)}, got '
-                             f'"{self.reduce}"')
-        if self.failure_limit < 1:
-            raise ValueError(f"failure_limit must be >= 1, got {self.failure_limit}")
-        if self.interval_s <= 0 or self.timeout_s <= 0:
-            raise ValueError("interval_s and timeout_s must be > 0")
-        unknown = sorted({m for m in _TEMPLATE.findall(self.query) if m not in TEMPLATE_VARS})
-        if unknown:
-            raise ValueError(f"query: unknown template variable {{{unknown[0]}}} (known: "
-                             + ", ".join(f"{{{v}}}" for v in TEMPLATE_VARS) + ")")
-        sample = render(self.query, {"release_id": "1", "host": "h", "channel": "c"})
-        if self.reduce is None and not promql.at_most_one(sample):
-            raise ValueError(
-                "query may return several series and has no reduction rule: add "
-                'reduce = "max", "min", "sum" or "avg", or aggregate it to one series '
-                "(e.g. sum(...) without by)")
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """[analysis]: the queries, the monitor's watch after a publish, inconclusive limit."""
-
-    # the monitor analyses a release for this long after a publish made it live
-    watch_s: float = 300.0
-    # inconclusive evaluations of one entry in a run before the run is inconclusive
-    inconclusive_limit: int = 3
-    # {channel} in queries (the fleet channel this host serves, e.g. "production")
-    channel: str = ""
-    prometheus: tuple[PrometheusQuery, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.watch_s < 0:
-            raise ValueError(f"watch_s must be >= 0, got {self.watch_s}")
-        if self.inconclusive_limit < 1:
-            raise ValueError(f"inconclusive_limit must be >= 1, got {self.inconclusive_limit}")
-        if not _PLAIN_VALUE.fullmatch(self.channel):
-            raise ValueError(f"channel must be letters, digits and _.:- only, got "
-                             f"{self.channel!r}")
-        names = [q.name for q in self.prometheus]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"prometheus: duplicate name {dupes[0]!r}")
-
-
 def enabled(cfg: Analysis) -> bool:
     return bool(cfg.prometheus)
+
+
+def evaluate_all(cfg: Analysis, values: dict[str, str]) -> list[Measurement]:
+    """Every entry once, now (`releaser analyze`, publish's preflight)."""
+    return [evaluate(q, values) for q in cfg.prometheus]
+
+
+def preflight(cfg: Analysis, release_id: int | None) -> list[Measurement]:
+    """Before a publish changes anything: ask Prometheus each query once.
+
+    A query Prometheus rejects, or whose answer is not one number, is a config
+    error (exit 2, nothing changed). A Prometheus that does not answer only
+    warns: the window's evaluations will say whether it came back."""
+    found = evaluate_all(cfg, context(cfg, release_id))
+    for m in found:
+        if m.outcome == ERROR:
+            raise ConfigError(f"[[analysis.prometheus]] {m.name}: {m.detail}; query: {m.query}")
+        if m.outcome == INCONCLUSIVE:
+            log.warning("analysis %s: inconclusive before the publish: %s", m.name, m.detail)
+    return found
 
 
 # -- one evaluation ------------------------------------------------------------
@@ -141,17 +88,7 @@ def context(cfg: Analysis, release_id: int | None, *, host: str | None = None,
             "channel": channel if channel is not None else cfg.channel}
 
 
-def render(query: str, values: dict[str, str]) -> str:
-    """Replace {release_id}, {host}, {channel}; PromQL's own braces are left alone."""
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in TEMPLATE_VARS:
-            return m.group(0)
-        value = values.get(name, "")
-        if not _PLAIN_VALUE.fullmatch(value):
-            raise ValueError(f"template value {{{name}}} = {value!r} is not a plain word")
-        return value
-    return _TEMPLATE.sub(sub, query)
+render = promql.render
 
 
 @dataclass
@@ -321,13 +258,18 @@ class AnalysisRun:
     def next_due(self) -> float:
         return min((s.next_due for s in self.entries), default=math.inf)
 
-    def step(self, *, all_now: bool = False) -> list[Measurement]:
-        """Evaluate the due entries (all_now: every entry); returns their measurements."""
+    def step(self) -> list[Measurement]:
+        """Evaluate the entries that are due; returns their measurements."""
+        return self._evaluate([s for s in self.entries if s.next_due <= self.clock()])
+
+    def finish(self) -> list[Measurement]:
+        """Evaluate, now, every entry not evaluated yet (a window shorter than its interval)."""
+        return self._evaluate([s for s in self.entries if s.evaluations == 0])
+
+    def _evaluate(self, states: list[_EntryState]) -> list[Measurement]:
         now = self.clock()
         done: list[Measurement] = []
-        for s in self.entries:
-            if not all_now and s.next_due > now:
-                continue
+        for s in states:
             m = evaluate(s.entry, self.values)
             s.evaluations += 1
             s.last = m
@@ -344,9 +286,6 @@ class AnalysisRun:
             if self.on_measure is not None:
                 self.on_measure(m)
         return done
-
-    def never_evaluated(self) -> bool:
-        return any(s.evaluations == 0 for s in self.entries)
 
     def verdict(self) -> Verdict:
         failed = [s for s in self.entries if s.failures >= s.entry.failure_limit]
@@ -424,9 +363,6 @@ def run_window(cfg: Analysis, values: dict[str, str], window_s: float, *,
                 break
         else:
             sleep(pause)
-    if run.never_evaluated() and not (stop is not None and stop.is_set()):
-        for s in run.entries:
-            if s.evaluations == 0:
-                s.next_due = run.clock()
-        run.step()
+    if not (stop is not None and stop.is_set()):
+        run.finish()
     return run.verdict()

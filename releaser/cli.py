@@ -521,6 +521,44 @@ def check(full_hash: bool, no_integrity: bool, as_json: bool) -> None:
         click.echo(f"healthy: release {report.release_id} ({report.duration_ms:.1f} ms)")
 
 
+@cli.command()
+@json_option
+def analyze(as_json: bool) -> None:
+    """Ask Prometheus every [[analysis.prometheus]] query once, for the live release.
+
+    Shows each query's value against its fail bounds: what publish's verify window
+    and the monitor's watch would see now. Exit 1 when one fails, 2 when one is a
+    config error (Prometheus rejects it, or several series and no reduce rule);
+    inconclusive (no data, Prometheus down) is reported and exits 0.
+
+    \b
+    Examples:
+      releaser analyze
+      releaser --config /etc/releaser/releaser.toml analyze --json
+    """
+    from .views import analyze as analyze_live
+
+    config = _settings().config
+    if not config.analysis.prometheus:
+        raise _click_error(f"{config.source or 'config'}: no [[analysis.prometheus]] "
+                           "entries to evaluate", 2)
+    doc = analyze_live(config)
+    if as_json:
+        emit_json(doc)
+    else:
+        for m in doc["measurements"]:
+            value = "-" if m["value"] is None else f"{m['value']:g}" if isinstance(
+                m["value"], float) else str(m["value"])
+            click.echo(f"{m['name']:<20} {m['outcome']:<13} {value:>12}  healthy "
+                       f"{m['threshold']}  {m['detail']}")
+    outcomes = {m["outcome"] for m in doc["measurements"]}
+    for code, outcome in ((2, "error"), (1, "fail")):
+        if outcome in outcomes:
+            first = next(m for m in doc["measurements"] if m["outcome"] == outcome)
+            raise _click_error(f"analysis {first['name']}: {outcome}: {first['detail']}; "
+                               f"query: {first['query']}", code)
+
+
 # -- diff, releases ----------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -166,6 +166,13 @@ class ReleaserCollector(Collector):
                 yield CounterMetricFamily(name, doc, value=total)
             for name, (key, doc) in STATE_COUNTERS.items():
                 yield CounterMetricFamily(name, doc, value=state.counter(key))
+            evaluations = CounterMetricFamily(
+                "releaser_analysis_evaluations",
+                "[[analysis.prometheus]] evaluations (publish windows and monitor watches) "
+                "by outcome: pass, fail, inconclusive, error.", labels=["analysis", "outcome"])
+            for query_name, outcome, total in state.analysis_counts():
+                evaluations.add_metric([query_name, outcome], total)
+            yield evaluations
         finally:
             state.close()
 
@@ -183,10 +190,18 @@ class Metrics:
             ["probe"], buckets=PROBE_BUCKETS, registry=self.registry)
         for probe in config.probes:
             self.probe_duration.labels(probe.name)  # present (at 0) before the first check
+        self.analysis_value = Gauge(
+            "releaser_analysis_last_value",
+            "The last value each [[analysis.prometheus]] query returned to the monitor.",
+            ["analysis"], registry=self.registry)
         self.registry.register(ReleaserCollector(config, stats))
 
     def observe_probe(self, name: str, seconds: float) -> None:
         self.probe_duration.labels(name).observe(seconds)
+
+    def observe_analysis(self, name: str, value: float | None) -> None:
+        if value is not None:
+            self.analysis_value.labels(name).set(value)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")

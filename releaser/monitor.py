@@ -44,7 +44,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from . import health, rollback, sdnotify, session
+from . import analysis_watch, health, rollback, sdnotify, session
 from .config import Config
 from .errors import LockBusy, ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
@@ -87,6 +87,8 @@ class Monitor:
         self._idle = threading.Event()  # set while no check is running
         self._idle.set()
         self._reverting = threading.Event()
+        # [analysis]: the app's metrics for watch_s after each publish (a second job)
+        self.analysis = analysis_watch.AnalysisWatch(config, on_measure=self._count_analysis)
         # WATCHDOG=1 is sent while time.monotonic() is before this (see the docstring)
         self._deadline = time.monotonic() + self.mcfg.interval_s + self.mcfg.misfire_grace_s
 
@@ -176,9 +178,13 @@ class Monitor:
                         self.stats.consecutive_failures, self.mcfg.failures_before_revert,
                         "; ".join(report.reasons))
 
-    def _after(self, report: health.HealthReport) -> bool:
-        """Decide on an auto-revert; True when the live release was changed."""
-        if report.ok or self.stats.consecutive_failures < self.mcfg.failures_before_revert:
+    def _after(self, report: health.HealthReport, *, failed_analysis: Any = None) -> bool:
+        """Decide on an auto-revert; True when the live release was changed.
+
+        failed_analysis (an analysis.Verdict): the release failed its analysis, which
+        reverts at once (its failure_limit already counted the failed evaluations)."""
+        if report.ok or (failed_analysis is None and self.stats.consecutive_failures
+                         < self.mcfg.failures_before_revert):
             return False
         rid = report.release_id
         if rid is None:
@@ -194,8 +200,9 @@ class Monitor:
         self._arm_watchdog(self._budget_s(full_hash=True, integrity=False))
         self._reverting.set()
         try:
-            result = rollback.revert_live(self.config, actor=ACTOR, reasons=report.reasons,
-                                         expect_live=rid)
+            result = rollback.revert_live(
+                self.config, actor=ACTOR, reasons=report.reasons, expect_live=rid,
+                detail={"analysis": failed_analysis.as_dict()} if failed_analysis else None)
         except LockBusy as exc:
             log.warning("auto-revert postponed to the next check: %s", exc.message)
             return False
@@ -230,6 +237,35 @@ class Monitor:
             self.stats.critical = True
         log.critical("live release %s is unhealthy and stays live (%s): %s",
                      report.release_id, why, "; ".join(report.reasons))
+
+    # -- analysis ----------------------------------------------------------
+
+    def analysis_once(self) -> bool:
+        """One analysis tick; True when it reverted the live release. Never raises."""
+        self._idle.clear()
+        try:
+            # a tick may hold the single worker for every query's deadline
+            self._deadline = max(self._deadline, time.monotonic() + self.analysis.budget_s()
+                                 + self.mcfg.misfire_grace_s)
+            failed = self.analysis.tick()
+            if failed is None or self._stop.is_set():
+                return False
+            report = health.HealthReport(ok=False, release_id=failed.release_id, path=None,
+                                         reasons=failed.verdict.reasons)
+            return self._after(report, failed_analysis=failed.verdict)
+        except Exception:  # noqa: BLE001 - a monitor bug must not stop the schedule
+            log.exception("monitor: analysis crashed")
+            return False
+        finally:
+            self._idle.set()
+
+    def _count_analysis(self, m: Any) -> None:
+        self.metrics.observe_analysis(m.name, m.value)
+        try:
+            with session.open_store(self.config) as ctx:
+                ctx.state.count_analysis(m.name, m.outcome)
+        except Exception as exc:  # noqa: BLE001 - counting is best effort
+            log.warning("cannot count the analysis in state.db: %s", exc)
 
     # -- systemd -----------------------------------------------------------
 
@@ -341,6 +377,9 @@ class Monitor:
         )
         self.scheduler.add_job(self._job, MonotonicInterval(self.mcfg.interval_s),
                                id="health-check")
+        if self.config.analysis.prometheus:
+            self.scheduler.add_job(self.analysis_once, MonotonicInterval(
+                self.analysis.tick_s()), id="analysis")
         if not self._stop.is_set():
             self.scheduler.start()  # blocks until _on_signal shuts it down
         return self._finish()

@@ -16,8 +16,9 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from . import gates, hooks, signals, verify
+from . import analysis, gates, hooks, signals, verify
 from .announce import announce, hook_env
 from .errors import GateFailed
 from .results import PublishResult
@@ -32,7 +33,8 @@ log = logging.getLogger("releaser.postswap")
 
 
 def check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
-                      previous_target: Path | None, *, actor: str, wait: bool) -> None:
+                      previous_target: Path | None, *, actor: str, wait: bool,
+                      strict: bool = False) -> None:
     """Post-swap check through live_path, then hooks and the verify window."""
     config = ctx.config
     post = _post_swap_check(ctx, final)
@@ -45,11 +47,13 @@ def check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
                   "; ".join(reasons))
         raise GateFailed(f"{config.live_path}: post-swap check failed, swapped back: "
                          f"{reasons[0]}", report=result)
-    _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait)
+    _verify_after_swap(ctx, result, rid, previous_target, actor=actor, wait=wait,
+                       strict=strict)
 
 
 def undo_swap(ctx: Context, result: PublishResult, rid: int, previous_target: Path | None,
-              why: str, reasons: list[str], *, actor: str, interrupted: bool = False) -> bool:
+              why: str, reasons: list[str], *, actor: str, interrupted: bool = False,
+              event_detail: dict[str, Any] | None = None) -> bool:
     """Put the previous release back and say so everywhere. True when recorded.
 
     A failed check marks the release bad (event `reverted`); an interruption marks it
@@ -71,7 +75,7 @@ def undo_swap(ctx: Context, result: PublishResult, rid: int, previous_target: Pa
                 ctx.state.add_event("publish", actor=actor, outcome=outcome, release_id=rid,
                                     from_release_id=live_id,
                                     reason=f"{why}: {detail}; swapped back to {back_text}"[
-                                        :2000])
+                                        :2000], detail=event_detail)
         except sqlite3.Error as exc:
             recorded = False
             log.error("%s: cannot record that release %s was swapped back to %s (%s); the "
@@ -102,23 +106,34 @@ def undo_interrupted_swap(ctx: Context, result: PublishResult, rid: int,
 
 
 def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
-                       previous_target: Path | None, *, actor: str, wait: bool) -> None:
-    """after_swap hooks, then the verify window; a failure swaps back (exit 1)."""
+                       previous_target: Path | None, *, actor: str, wait: bool,
+                       strict: bool = False) -> None:
+    """after_swap hooks, then the verify window; a failure swaps back (exit 1).
+
+    The [analysis] queries run inside a waited window (window_s > 0; not with
+    --no-wait, which leaves them to the monitor's watch)."""
     config = ctx.config
     live_id = result.previous_release_id
     env = hook_env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
                previous=live_id)
     result.warnings += hooks.failures("after_swap", hooks.run_hooks(
         "after_swap", config.hooks.after_swap, env))
-    if not verify.enabled(config.verify):
+    run = None
+    if wait and config.verify.window_s > 0 and analysis.enabled(config.analysis):
+        run = analysis.AnalysisRun(config.analysis, analysis.context(config.analysis, rid),
+                                   on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
+    if not verify.enabled(config.verify) and run is None:
         return
-    report = verify.run_window(config.verify, env, wait=wait)
+    report = verify.run_window(config.verify, env, wait=wait, analysis_run=run, strict=strict)
     result.verification = report
+    result.warnings += report.warnings
     if report.ok:
         log.info("release %s verified (%d rounds)", rid, report.rounds)
         return
     reasons = report.reasons
-    undo_swap(ctx, result, rid, previous_target, "verification failed", reasons, actor=actor)
+    undo_swap(ctx, result, rid, previous_target, "verification failed", reasons, actor=actor,
+              event_detail=({"analysis": report.analysis.as_dict()}
+                            if report.analysis and not report.analysis.ok else None))
     # info: the CLI prints the one-line error, the watcher logs its own line
     log.info("release %s failed verification, swapped back to %s: %s", rid, live_id,
              "; ".join(reasons))

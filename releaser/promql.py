@@ -10,6 +10,10 @@ bare selector, `rate(x[1m])`, `sum by (route) (...)`, `without`, `count_values`,
 something this parser does not follow) may return several series: the config
 then needs a `reduce` rule. False is never wrong, only cautious; Prometheus
 itself judges the syntax (publish asks it before anything changes).
+
+Templates: `{release_id}`, `{host}` and `{channel}` in a query are replaced by
+plain words only (letters, digits, `_.:-`), so a value can never change the
+query's structure; PromQL's own braces (`{status=~"5.."}`) are left alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,30 @@ PRECEDENCE = {"or": 1, "and": 2, "unless": 2, "==": 3, "!=": 3, "<=": 3, "<": 3,
               ">": 3, "+": 4, "-": 4, "*": 5, "/": 5, "%": 5, "atan2": 5, "^": 6}
 
 ONE, BY_LE, MANY = "one", "by_le", "many"
+
+TEMPLATE_VARS = ("release_id", "host", "channel")
+_TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:-]*")
+# what at_most_one sees in place of the template values
+SAMPLE_VALUES = {"release_id": "1", "host": "h", "channel": "c"}
+
+
+def template_names(query: str) -> set[str]:
+    """Every {word} in the query (PromQL itself never has a bare {word})."""
+    return set(_TEMPLATE.findall(query))
+
+
+def render(query: str, values: dict[str, str]) -> str:
+    """Replace {release_id}, {host}, {channel}; ValueError for a value not a plain word."""
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in TEMPLATE_VARS:
+            return m.group(0)
+        value = values.get(name, "")
+        if not PLAIN_VALUE.fullmatch(value):
+            raise ValueError(f"template value {{{name}}} = {value!r} is not a plain word")
+        return value
+    return _TEMPLATE.sub(sub, query)
 
 
 class _Unsure(Exception):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import gates, hooks, signals
+from . import analysis, gates, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
 from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
@@ -62,6 +62,9 @@ def publish(
     allow_contract (`--allow-contract`): let schema contract changes through."""
     with open_store(config) as ctx:
         source = preflight_source(ctx.store, source)
+        if analysis.enabled(config.analysis):
+            # a query Prometheus rejects is a config error before anything changes
+            analysis.preflight(config.analysis, ctx.store.live_release_id())
         result = PublishResult(outcome="rejected", source=str(source.absolute()),
                                dry_run=dry_run)
         with ctx.store.lock(f"publish {source}", wait_s):
@@ -164,7 +167,7 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
                 log.warning("%s", exc.message)  # renamed, only the folder fsync failed
         timer.mark("swap")
         check_after_swap(ctx, result, rid, final, previous_target, actor=actor,
-                         wait=wait_window)
+                         wait=wait_window, strict=strict)
         timer.mark("verify")
         with state.transaction():
             state.mark_published(rid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from . import gates, health, hooks, signals
 from .announce import announce, hook_env
@@ -86,13 +87,15 @@ class LiveChanged(ReleaserError):
 
 
 def revert_live(config: Config, *, actor: str, reasons: list[str],
-                wait_s: float = 0.0, expect_live: int | None = None) -> RollbackResult | None:
+                wait_s: float = 0.0, expect_live: int | None = None,
+                detail: dict[str, Any] | None = None) -> RollbackResult | None:
     """Auto-revert (the monitor): mark the live release bad, go back to the previous good one.
 
     Returns None, leaving the live release in place, when no good release passes its
     check; never reverts twice away from the same bad release. expect_live: the release
     the failed checks saw; if a publish or rollback replaced it meanwhile, raise
-    LiveChanged instead of reverting a release nobody checked.
+    LiveChanged instead of reverting a release nobody checked. detail goes into the
+    event (e.g. the analysis: queries, observed values, thresholds).
     """
     with open_store(config) as ctx, ctx.store.lock("auto-revert", wait_s):
         reconcile(ctx, actor=actor)
@@ -108,21 +111,24 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
         try:
             # marked bad in the same transaction as the event, once the swap happened
             return _rollback_locked(ctx, actor=actor, to=None, reason=reason,
-                                    action="auto-revert", mark_bad=mark_bad)
+                                    action="auto-revert", mark_bad=mark_bad,
+                                    detail=detail)
         except (NothingToRollback, GateFailed) as exc:
             with ctx.state.transaction():
                 if mark_bad:
                     ctx.state.set_status(live_id, "bad", reason)
                 ctx.state.add_event("auto-revert", actor=actor, outcome="no-target",
                                     release_id=None, from_release_id=live_id,
-                                    reason=f"{reason}; kept live: {exc.message}"[:2000])
+                                    reason=f"{reason}; kept live: {exc.message}"[:2000],
+                                    detail=detail)
             announce(ctx, "auto-revert", "no-target", release_id=live_id,
                       reasons=[*reasons, f"kept live: {exc.message}"])
             return None
 
 
 def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | None,
-                     action: str, mark_bad: bool = False) -> RollbackResult:
+                     action: str, mark_bad: bool = False,
+                     detail: dict[str, Any] | None = None) -> RollbackResult:
     t0 = time.perf_counter()
     store, state = ctx.store, ctx.state
     live_id = store.live_release_id()
@@ -176,7 +182,7 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
                 if mark_bad and live_id is not None:
                     state.set_status(live_id, "bad", reason)
                 state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
-                                from_release_id=live_id, reason=reason)
+                                from_release_id=live_id, reason=reason, detail=detail)
     except KeyboardInterrupt as exc:
         signal_name = exc.args[0] if exc.args else "SIGINT"
     log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")

@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS counters (
 # events that change which release is live
 LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
 LIVE_OUTCOMES = ("published", "ok", "recovered")
+# counters rows "analysis:<name>:<outcome>" (names are TOML strings; the outcome has no ":")
+ANALYSIS_COUNTER = "analysis:"
 # how many health check rows to keep (the monitor writes one every interval)
 HEALTH_CHECKS_KEPT = 2000
 
@@ -130,6 +132,8 @@ class Event:
             "actor": self.actor,
             "reason": self.reason,
             "outcome": self.outcome,
+            # e.g. {"analysis": {...}}: the queries, values and thresholds behind a revert
+            "detail": self.detail,
         }
 
 
@@ -296,6 +300,25 @@ class StateDB:
                 conn.execute(
                     "INSERT INTO counters (name, value) VALUES (?, 1)"
                     " ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+
+    def count_analysis(self, name: str, outcome: str) -> None:
+        """One [[analysis.prometheus]] evaluation (publish's window or the monitor)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                (f"{ANALYSIS_COUNTER}{name}:{outcome}",))
+
+    def analysis_counts(self) -> list[tuple[str, str, int]]:
+        """(analysis name, outcome, total) for every evaluation counted so far."""
+        rows = self.conn.execute(
+            "SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name",
+            (ANALYSIS_COUNTER + "%",)).fetchall()
+        out = []
+        for row in rows:
+            query_name, _, outcome = row["name"][len(ANALYSIS_COUNTER):].rpartition(":")
+            out.append((query_name, outcome, int(row["value"])))
+        return out
 
     def counter(self, name: str) -> int:
         """A total from the counters table (0 before its first increment)."""

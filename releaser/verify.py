@@ -4,6 +4,9 @@ After the swap (and the after_swap hooks, which typically make the app reopen
 the file) the `[[verify.http]]` probes and `[[verify.exec]]` commands run in
 rounds for `[verify] window_s`, while the previous release stays ready in the
 other slot. The first failing round ends the window; the caller swaps back.
+The `[[analysis.prometheus]]` queries (an analysis.AnalysisRun) are evaluated in
+the same window when due: a failed analysis ends it like a failed probe; an
+inconclusive one ends it only with --strict, else it is a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import analysis
 from .config import ExecProbe, HttpProbe, Verify
 from .hooks import run_command
 from .httpclient import NoAnswer, http_request
@@ -32,6 +36,9 @@ class VerifyReport:
     # False when --no-wait ended the window after the first good round
     waited: bool = True
     duration_ms: float = 0.0
+    # the analysis run's verdict, and inconclusive evaluations that did not block
+    analysis: analysis.Verdict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -39,7 +46,8 @@ class VerifyReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "rounds": self.rounds, "reasons": self.reasons,
-                "waited": self.waited, "duration_ms": self.duration_ms}
+                "waited": self.waited, "duration_ms": self.duration_ms,
+                "analysis": self.analysis.as_dict() if self.analysis else None}
 
 
 def enabled(cfg: Verify) -> bool:
@@ -124,25 +132,56 @@ def run_round(cfg: Verify, env: dict[str, str]) -> list[str]:
 
 
 def run_window(cfg: Verify, env: dict[str, str], *, wait: bool = True,
-               sleep: Callable[[float], None] = time.sleep) -> VerifyReport:
+               sleep: Callable[[float], None] = time.sleep,
+               analysis_run: analysis.AnalysisRun | None = None,
+               strict: bool = False) -> VerifyReport:
     """Rounds every interval_s until window_s has passed; stops at the first failure.
 
     At least one round always runs. With wait=False only that first round runs
     (`publish --no-wait`): the release is accepted once the app answered well once.
+    analysis_run: its entries are evaluated when due inside the window, and each
+    once at its end if the window was shorter than its interval_s.
     """
     t0 = time.monotonic()
     report = VerifyReport(waited=wait)
-    if not enabled(cfg):
+    probing = enabled(cfg)
+    if not probing and analysis_run is None:
         return report
     deadline = t0 + cfg.window_s
+    next_round = t0
     while True:
-        report.rounds += 1
-        report.reasons = run_round(cfg, env)
-        if report.reasons or not wait:
-            break
+        if probing and time.monotonic() >= next_round:
+            report.rounds += 1
+            report.reasons = run_round(cfg, env)
+            if report.reasons or not wait:
+                break
+            next_round = min(time.monotonic() + cfg.interval_s, deadline)
+        if analysis_run is not None:
+            analysis_run.step()
+            if _analysis_blocks(analysis_run, report, strict):
+                break
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        sleep(min(cfg.interval_s, left))
+        wake = min(next_round if probing else deadline,
+                   analysis_run.next_due() if analysis_run else deadline)
+        sleep(max(0.0, min(wake - time.monotonic(), left)))
+    if analysis_run is not None:
+        if not report.reasons and wait:
+            analysis_run.finish()  # every entry has its say, however short the window
+            _analysis_blocks(analysis_run, report, strict)
+        report.analysis = analysis_run.verdict()
+        if not strict:
+            report.warnings = analysis_run.inconclusive_notes()
     report.duration_ms = round((time.monotonic() - t0) * 1000, 3)
     return report
+
+
+def _analysis_blocks(run: analysis.AnalysisRun, report: VerifyReport, strict: bool) -> bool:
+    verdict = run.verdict()
+    if verdict.outcome == analysis.FAIL or (strict and verdict.outcome == analysis.INCONCLUSIVE):
+        report.reasons = verdict.reasons + (
+            ["inconclusive analysis fails a publish with --strict"]
+            if verdict.outcome == analysis.INCONCLUSIVE else [])
+        return True
+    return False

@@ -200,3 +200,12 @@ def check(config: Config, *, actor: str, full_hash: bool = False,
                                    duration_ms=report.duration_ms, actor=actor,
                                    reasons=report.reasons)
         return report
+
+
+def analyze(config: Config) -> dict[str, Any]:
+    """`releaser analyze`: every [[analysis.prometheus]] query once, for the live release."""
+    from . import analysis  # only `analyze` needs the Prometheus client
+    with open_store(config) as ctx:
+        live_id = ctx.store.live_release_id()
+    found = analysis.evaluate_all(config.analysis, analysis.context(config.analysis, live_id))
+    return {"release_id": live_id, "measurements": [m.as_dict() for m in found]}

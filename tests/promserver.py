@@ -4,8 +4,9 @@ TestApp: an HTTP server on 127.0.0.1 serving any number of virtual hosts (one
 per test, so tests never see each other's traffic). GET /NAME/tags?name=X is
 answered from that host's live release (sqlite3, read-only, through its
 live_path as the real app does). GET /metrics: prometheus-client metrics
-labelled host=NAME: http_requests_total{host,status}, the latency histogram
-http_request_duration_seconds{host}, db_connections_in_use / db_connections_max.
+labelled host=NAME: http_requests_total{host,handler,status}, the latency
+histogram http_request_duration_seconds{host,handler}, db_connections_in_use /
+db_connections_max{host}.
 A Fault makes a host answer 500 to a share of requests (and/or sleep) while a
 given release is live, from a given moment: the test controls error rate and
 latency. LoadGen: a thread sending a host real requests (about 40 a second).
@@ -35,6 +36,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# the `handler` label of the app's one endpoint (as in the shipped config's examples)
+HANDLER = "/api/tags"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
@@ -82,10 +85,10 @@ class TestApp:
     def __init__(self) -> None:
         self.hosts: dict[str, VHost] = {}
         self.registry = CollectorRegistry()
-        self.requests = Counter("http_requests", "Requests answered.", ["host", "status"],
-                                registry=self.registry)
+        self.requests = Counter("http_requests", "Requests answered.",
+                                ["host", "handler", "status"], registry=self.registry)
         self.latency = Histogram("http_request_duration_seconds", "Request latency.",
-                                 ["host"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5),
+                                 ["host", "handler"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5),
                                  registry=self.registry)
         self.conns = Gauge("db_connections_in_use", "Open database connections.", ["host"],
                            registry=self.registry)
@@ -107,8 +110,9 @@ class TestApp:
                     return
                 t0 = time.perf_counter()
                 status, body = app.answer(host, self.path)
-                app.latency.labels(host=name).observe(time.perf_counter() - t0)
-                app.requests.labels(host=name, status=str(status)).inc()
+                app.latency.labels(host=name, handler=HANDLER).observe(
+                    time.perf_counter() - t0)
+                app.requests.labels(host=name, handler=HANDLER, status=str(status)).inc()
                 self._send(status, body, "application/json")
 
             def _send(self, status: int, body: bytes, ctype: str) -> None:

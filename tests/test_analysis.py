@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from releaser import analysis
-from releaser.analysis import Analysis, PrometheusQuery
-from releaser.config import Bounds
+from releaser.config import Analysis, Bounds, PrometheusQuery
 from tests.sample import write_sample
 
 from .promserver import Fault, LoadGen, PromServer, TestApp, VHost, free_port, need_prometheus
