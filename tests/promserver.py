@@ -4,7 +4,8 @@ TestApp: an HTTP server on 127.0.0.1 serving any number of virtual hosts (one
 per test, so tests never see each other's traffic). GET /NAME/tags?name=X is
 answered from that host's live release (sqlite3, read-only, through its
 live_path as the real app does). GET /metrics: prometheus-client metrics
-labelled host=NAME: http_requests_total{host,handler,status}, the latency
+labelled host=NAME: http_requests_total{host,handler,status,release} (release:
+the live release id the answer came from), the latency
 histogram http_request_duration_seconds{host,handler}, db_connections_in_use /
 db_connections_max{host}.
 A Fault makes a host answer 500 to a share of requests (and/or sleep) while a
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +37,8 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tests.sample import write_sample
 
 # the `handler` label of the app's one endpoint (as in the shipped config's examples)
 HANDLER = "/api/tags"
@@ -86,7 +90,8 @@ class TestApp:
         self.hosts: dict[str, VHost] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter("http_requests", "Requests answered.",
-                                ["host", "handler", "status"], registry=self.registry)
+                                ["host", "handler", "status", "release"],
+                                registry=self.registry)
         self.latency = Histogram("http_request_duration_seconds", "Request latency.",
                                  ["host", "handler"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5),
                                  registry=self.registry)
@@ -109,10 +114,12 @@ class TestApp:
                     self._send(404, b"{}", "application/json")
                     return
                 t0 = time.perf_counter()
+                release = str(host.live_release())
                 status, body = app.answer(host, self.path)
                 app.latency.labels(host=name, handler=HANDLER).observe(
                     time.perf_counter() - t0)
-                app.requests.labels(host=name, handler=HANDLER, status=str(status)).inc()
+                app.requests.labels(host=name, handler=HANDLER, status=str(status),
+                                    release=release).inc()
                 self._send(status, body, "application/json")
 
             def _send(self, status: int, body: bytes, ctype: str) -> None:
@@ -171,13 +178,16 @@ class TestApp:
 
 
 class LoadGen:
-    """Real requests to one host of the app, about `rate` a second, until stopped."""
+    """Real requests to one host of the app, about `rate` a second from each of
+    `clients` threads (more clients keep traffic flowing while answers are slow)."""
 
-    def __init__(self, app: TestApp, host: str, rate: float = 40.0) -> None:
+    def __init__(self, app: TestApp, host: str, rate: float = 40.0, clients: int = 1) -> None:
         self.url, self.period = f"{app.url}/{host}/tags?name=1girl", 1.0 / rate
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(clients)]
+        for t in self._threads:
+            t.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -190,7 +200,8 @@ class LoadGen:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for t in self._threads:
+            t.join(10)
 
 
 class PromServer:
@@ -266,3 +277,46 @@ class PromServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# -- fixtures (imported by the test modules) ---------------------------------
+
+
+@dataclass
+class Stack:
+    app: TestApp
+    prom: PromServer
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    need_prometheus()
+    app = TestApp()
+    prom = PromServer(tmp_path_factory.mktemp("prom"), [app.target])
+    try:
+        yield Stack(app, prom.start())
+    finally:
+        prom.stop()
+        app.close()
+
+
+@pytest.fixture
+def prom(stack: Stack) -> PromServer:
+    return stack.prom
+
+
+@pytest.fixture
+def app(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VHost]:
+    """This test's own healthy host of the app, under load, with data in Prometheus."""
+    name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
+    db = tmp_path / "healthy.db"
+    write_sample(db, rows=200, seed=1)
+    host = stack.app.add_host(name, db)
+    load = LoadGen(stack.app, name)
+    try:
+        # two scrapes with traffic: rate() has an answer
+        stack.prom.wait_for(f'sum(rate(http_requests_total{{host="{name}"}}[5s]))',
+                            lambda v: v and v[0] > 0)
+        yield host
+    finally:
+        load.stop()

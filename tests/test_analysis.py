@@ -6,65 +6,27 @@ its own live_path and sets the fault it needs.
 
 from __future__ import annotations
 
-import re
+import json
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from releaser import analysis
 from releaser.config import Analysis, Bounds, PrometheusQuery
-from tests.sample import write_sample
 
-from .promserver import Fault, LoadGen, PromServer, TestApp, VHost, free_port, need_prometheus
+from . import promserver
+from .conftest import DEFAULT_CONFIG, Env
+from .promserver import Fault, LoadGen, PromServer, Stack, VHost, free_port
+
+# fixtures: one Prometheus and app per module; prom; app, a host of the test's own
+stack, prom, app = promserver.stack, promserver.prom, promserver.app
 
 # the share of 5xx answers of the app on {host} over the last 5 s (0 when none)
 ERROR_RATE = ('(sum(rate(http_requests_total{host="{host}",status=~"5.."}[5s]))'
               ' or vector(0)) / sum(rate(http_requests_total{host="{host}"}[5s]))')
 BY_STATUS = 'sum by (status) (rate(http_requests_total{host="{host}"}[5s]))'
-
-
-@dataclass
-class Stack:
-    app: TestApp
-    prom: PromServer
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    need_prometheus()
-    app = TestApp()
-    prom = PromServer(tmp_path_factory.mktemp("prom"), [app.target])
-    try:
-        yield Stack(app, prom.start())
-    finally:
-        prom.stop()
-        app.close()
-
-
-@pytest.fixture
-def prom(stack: Stack) -> PromServer:
-    return stack.prom
-
-
-@pytest.fixture
-def app(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VHost]:
-    """This test's own healthy host of the app, under load, with data in Prometheus."""
-    name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
-    db = tmp_path / "healthy.db"
-    write_sample(db, rows=200, seed=1)
-    host = stack.app.add_host(name, db)
-    load = LoadGen(stack.app, name)
-    try:
-        # two scrapes with traffic: rate() has an answer
-        stack.prom.wait_for(f'sum(rate(http_requests_total{{host="{name}"}}[5s]))',
-                            lambda v: v and v[0] > 0)
-        yield host
-    finally:
-        load.stop()
 
 
 def entry(prom: str, query: str = ERROR_RATE, **kw: object) -> PrometheusQuery:
@@ -81,33 +43,25 @@ def ctx(cfg: Analysis, app: VHost | None = None, rid: int = 7) -> dict[str, str]
 
 def test_healthy_app_passes_and_a_rising_error_rate_fails_the_run(app: VHost,
                                                                  prom: PromServer) -> None:
-    e = entry(prom.url)
+    e = entry(prom.url, failure_limit=2, interval_s=0.5)
     cfg = Analysis(prometheus=(e,))
     m = analysis.evaluate(e, ctx(cfg, app))
     assert (m.outcome, m.value) == ("pass", 0.0), m
-    app.fault = Fault(error_ratio=0.5, start=time.monotonic() + 2)
-    t0 = time.monotonic()
-    verdict = analysis.run_window(cfg, ctx(cfg, app), window_s=20)
+    app.fault = Fault(error_ratio=0.5, start=time.monotonic() + 1)
+    seen: list[analysis.Measurement] = []
+    verdict = analysis.run_window(cfg, ctx(cfg, app), window_s=20, on_measure=seen.append)
     assert verdict.outcome == "fail", verdict
-    assert time.monotonic() - t0 < 15
+    # failure_limit 2: the run fails at the second failed evaluation, not the first
+    outcomes = [m.outcome for m in seen]
+    assert outcomes[0] == "pass" and outcomes[-2:] == ["fail", "fail"]
+    assert outcomes.count("fail") == 2
+    assert seen[-1].at > seen[0].at and len(seen) < 20 / 0.5  # ended at the failure
     [failed] = verdict.measurements
-    assert failed.value is not None and failed.value > 0.05
+    assert failed is seen[-1] and failed.value is not None and failed.value > 0.05
     assert f'host="{app.name}"' in failed.query and failed.threshold == "<= 0.05"
-    assert "observed" in verdict.reasons[0] and failed.query in verdict.reasons[0]
-
-
-def test_failure_limit_needs_that_many_failed_evaluations(app: VHost,
-                                                          prom: PromServer) -> None:
-    app.fault = Fault(error_ratio=0.5)
-    cfg = Analysis(prometheus=(entry(prom.url, failure_limit=3, interval_s=0.5),))
-    prom.wait_for(analysis.render(ERROR_RATE, ctx(cfg, app)), lambda v: v and v[0] > 0.2)
-    run = analysis.AnalysisRun(cfg, ctx(cfg, app))
-    outcomes = []
-    while run.verdict().outcome == "pass":
-        time.sleep(max(0.0, run.next_due() - time.monotonic()))
-        outcomes += [m.outcome for m in run.step()]
-    assert outcomes == ["fail", "fail", "fail"]
-    assert "3 failed of 3 evaluations, failure_limit 3" in run.verdict().reasons[0]
+    assert verdict.reasons[0] == (
+        f"analysis error_rate failed: observed {failed.value:g}, healthy <= 0.05 (2 failed "
+        f"of {len(seen)} evaluations, failure_limit 2); query: {failed.query}")
 
 
 def test_prometheus_unreachable_is_inconclusive_never_a_failure() -> None:
@@ -203,3 +157,40 @@ def test_config_checks() -> None:
     # the histogram quantile over buckets summed by le is one series: no reduce needed
     entry("http://p", "histogram_quantile(0.95, sum by (le) "
           "(rate(http_request_duration_seconds_bucket[5m])))")
+
+
+def test_the_shipped_examples_judge_the_three_seed_triggers(store: Env, app: VHost,
+                                                            stack: Stack) -> None:
+    """config/releaser.toml's commented [analysis] examples, uncommented, against the app
+    (its `host` label standing for the job, 3 s rate windows instead of 1 m)."""
+    text = DEFAULT_CONFIG.read_text()
+    lines = text[text.index("# [analysis]"):].splitlines()
+    toml = "\n".join(line[2:] if line.startswith("# ") else "" for line in lines)
+    toml = (toml.replace('job="prompt-scribe"', f'host="{app.name}"')
+            .replace("[1m]", "[3s]").replace("http://127.0.0.1:9090", stack.prom.url))
+    store.write_config(toml)
+    doc = store.cli_json("analyze")
+    found = {m["name"]: m for m in doc["measurements"]}  # type: ignore[index]
+    assert set(found) == {"error_rate", "db_connections", "p95_latency"}
+    assert {m["outcome"] for m in found.values()} == {"pass"}, found
+    assert found["db_connections"]["value"] == 0.3
+    # every 2nd answer a 500, each after 2.2 s, 9 of 10 connections in use
+    app.connections_in_use = 9
+    app.fault = Fault(error_ratio=0.5, latency_s=2.2)
+    slow_clients = LoadGen(stack.app, app.name, rate=5, clients=6)
+    try:
+        deadline = time.monotonic() + 25
+        while True:
+            result = store.cli("analyze", "--json", expect=None)
+            found = {m["name"]: m for m in json.loads(result.stdout)["measurements"]}
+            if {m["outcome"] for m in found.values()} == {"fail"} or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        slow_clients.stop()
+    assert result.exit_code == 1, found
+    assert found["error_rate"]["value"] > 0.05
+    assert found["db_connections"]["value"] == 0.9
+    assert found["p95_latency"]["value"] > 2.0
+    assert "Error: analysis error_rate: fail: outside <= 0.05" in result.stderr
