@@ -36,7 +36,7 @@ from typing import Any
 
 from . import promql
 from .config import REDUCERS as REDUCER_NAMES
-from .config import Analysis, PrometheusQuery
+from .config import Analysis, Config, PrometheusQuery
 from .errors import ConfigError
 from .httpclient import NoAnswer, http_request
 from .state import utcnow
@@ -62,13 +62,13 @@ def evaluate_all(cfg: Analysis, values: dict[str, str]) -> list[Measurement]:
     return [evaluate(q, values) for q in cfg.prometheus]
 
 
-def preflight(cfg: Analysis, release_id: int | None) -> list[Measurement]:
+def preflight(config: Config, release_id: int | None) -> list[Measurement]:
     """Before a publish changes anything: ask Prometheus each query once.
 
     A query Prometheus rejects, or whose answer is not one number, is a config
     error (exit 2, nothing changed). A Prometheus that does not answer only
     warns: the window's evaluations will say whether it came back."""
-    found = evaluate_all(cfg, context(cfg, release_id))
+    found = evaluate_all(config.analysis, context(config, release_id))
     for m in found:
         if m.outcome == ERROR:
             raise ConfigError(f"[[analysis.prometheus]] {m.name}: {m.detail}; query: {m.query}")
@@ -80,12 +80,17 @@ def preflight(cfg: Analysis, release_id: int | None) -> list[Measurement]:
 # -- one evaluation ------------------------------------------------------------
 
 
-def context(cfg: Analysis, release_id: int | None, *, host: str | None = None,
+def context(config: Config | None, release_id: int | None, *, host: str | None = None,
             channel: str | None = None) -> dict[str, str]:
-    """The template values for a release on this host."""
+    """The template values for a release on this host: {host} is [fleet] host_id, else
+    the host name; {channel} is [fleet] channel (a fleet wave passes its own)."""
+    fleet = config.fleet if config is not None else None
+    if host is None:
+        host = (fleet.host_id if fleet is not None else "") or socket.gethostname()
+    if channel is None:
+        channel = fleet.channel if fleet is not None else ""
     return {"release_id": "" if release_id is None else str(release_id),
-            "host": host if host is not None else socket.gethostname(),
-            "channel": channel if channel is not None else cfg.channel}
+            "host": host, "channel": channel}
 
 
 render = promql.render

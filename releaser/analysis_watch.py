@@ -90,7 +90,7 @@ class AnalysisWatch:
             self._key = (rid, at)
             self._reported_inconclusive = False
             self._run = analysis.AnalysisRun(
-                self.cfg, analysis.context(self.cfg, rid),
+                self.cfg, analysis.context(self.config, rid),
                 start=time.monotonic() - age, on_measure=self.on_measure)
             log.info("analysis: watching release %s for %g s after its publish", rid,
                      self.cfg.watch_s)

@@ -327,8 +327,6 @@ class Analysis:
     watch_s: float = 300.0
     # inconclusive evaluations of one entry in a run before the run is inconclusive
     inconclusive_limit: int = 3
-    # {channel} in queries (the fleet channel this host serves, e.g. "production")
-    channel: str = ""
     prometheus: tuple[PrometheusQuery, ...] = ()
 
     def __post_init__(self) -> None:
@@ -336,9 +334,6 @@ class Analysis:
             raise ValueError(f"watch_s must be >= 0, got {self.watch_s}")
         if self.inconclusive_limit < 1:
             raise ValueError(f"inconclusive_limit must be >= 1, got {self.inconclusive_limit}")
-        if not promql.PLAIN_VALUE.fullmatch(self.channel):
-            raise ValueError(f"channel must be letters, digits and _.:- only, got "
-                             f"{self.channel!r}")
         names = [q.name for q in self.prometheus]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -120,8 +120,9 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
         "after_swap", config.hooks.after_swap, env))
     run = None
     if wait and config.verify.window_s > 0 and analysis.enabled(config.analysis):
-        run = analysis.AnalysisRun(config.analysis, analysis.context(config.analysis, rid),
-                                   on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
+        run = analysis.AnalysisRun(
+            config.analysis, analysis.context(config, rid),
+            on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
     if not verify.enabled(config.verify) and run is None:
         return
     report = verify.run_window(config.verify, env, wait=wait, analysis_run=run, strict=strict)

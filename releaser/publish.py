@@ -64,7 +64,7 @@ def publish(
         source = preflight_source(ctx.store, source)
         if analysis.enabled(config.analysis):
             # a query Prometheus rejects is a config error before anything changes
-            analysis.preflight(config.analysis, ctx.store.live_release_id())
+            analysis.preflight(config, ctx.store.live_release_id())
         result = PublishResult(outcome="rejected", source=str(source.absolute()),
                                dry_run=dry_run)
         with ctx.store.lock(f"publish {source}", wait_s):

@@ -207,5 +207,5 @@ def analyze(config: Config) -> dict[str, Any]:
     from . import analysis  # only `analyze` needs the Prometheus client
     with open_store(config) as ctx:
         live_id = ctx.store.live_release_id()
-    found = analysis.evaluate_all(config.analysis, analysis.context(config.analysis, live_id))
+    found = analysis.evaluate_all(config.analysis, analysis.context(config, live_id))
     return {"release_id": live_id, "measurements": [m.as_dict() for m in found]}

@@ -37,7 +37,7 @@ def entry(prom: str, query: str = ERROR_RATE, **kw: object) -> PrometheusQuery:
 
 
 def ctx(cfg: Analysis, app: VHost | None = None, rid: int = 7) -> dict[str, str]:
-    return analysis.context(cfg, rid, host=app.name if app else "app1",
+    return analysis.context(None, rid, host=app.name if app else "app1",
                             channel="production")
 
 
