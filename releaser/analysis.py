@@ -113,12 +113,6 @@ class Measurement:
     def inconclusive(self) -> bool:
         return self.outcome in (INCONCLUSIVE, ERROR)
 
-    def reason(self) -> str:
-        """One line for history and logs: which query, what it saw, the threshold."""
-        seen = "no value" if self.value is None else f"{self.value:g}"
-        return (f"analysis {self.name}: {self.outcome}: {seen} (healthy {self.threshold}); "
-                f"{self.detail}; query: {self.query}")
-
     def as_dict(self) -> dict[str, Any]:
         value = self.value
         if value is not None and not math.isfinite(value):

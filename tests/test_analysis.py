@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser import analysis
+from releaser import analysis, promql
 from releaser.config import Analysis, Bounds, PrometheusQuery
 
 from . import promserver
@@ -194,3 +194,23 @@ def test_the_shipped_examples_judge_the_three_seed_triggers(store: Env, app: VHo
     assert found["db_connections"]["value"] == 0.9
     assert found["p95_latency"]["value"] > 2.0
     assert "Error: analysis error_rate: fail: outside <= 0.05" in result.stderr
+
+
+@pytest.mark.parametrize("query, one", [
+    ("1", True), ("vector(0)", True), ("scalar(up)", True), ("time() - max(x)", True),
+    ('sum(rate(a{s=~"5.."}[1m])) / sum(rate(a[1m]))', True),
+    ('(sum(rate(a{s=~"5.."}[1m])) or vector(0)) / sum(rate(a[1m]))', True),
+    ("histogram_quantile(0.95, sum by (le) (rate(h_bucket[5m])))", True),
+    ("histogram_quantile(0.95, sum(rate(h_bucket[5m])) by (le))", True),
+    ("max(in_use / pool_max)", True), ("topk(1, up)", True), ("sum by () (up)", True),
+    ("max_over_time(sum(up)[5m:1m])", True), ("sum(up) > bool 0.5", True),
+    ("sum(up offset 5m) and on() vector(1)", True), ("clamp_max(sum(up), 1)", True),
+    ("up", False), ('up{job="x"}', False), ("rate(a[1m])", False), ("in_use / pool_max", False),
+    ("sum by (status) (a)", False), ("sum without (instance) (a)", False),
+    ("sum(a) by (le)", False), ("histogram_quantile(0.95, sum by (le, route) (h))", False),
+    ("histogram_quantile(0.95, rate(h_bucket[5m]))", False), ("topk(3, up)", False),
+    ('count_values("v", up)', False), ("up and on() sum(up)", False), ("sum(", False),
+])
+def test_which_queries_need_a_reduce_rule(query: str, one: bool) -> None:
+    """promql.at_most_one: True only when the shape guarantees one series at most."""
+    assert promql.at_most_one(query) is one
