@@ -19,6 +19,12 @@ Invariants:
   starts, so its rate windows see the new release rather than the old one.
 - Queries are templated with `{release_id}`, `{host}` and `{channel}` only;
   values are checked to be plain words, so a template cannot inject PromQL.
+
+Used by verify.run_window (publish's window, with an AnalysisRun), by
+analysis_watch (the monitor), by `releaser analyze` (evaluate_all) and, as a
+fleet wave's promotion condition, through run_window(config.analysis,
+context(config, release_id, channel=...), window_s): "pass" promotes, "fail"
+halts (roll back), "inconclusive" pauses the rollout.
 """
 
 from __future__ import annotations
