@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from . import analysis, gates, hooks, signals, verify
+from . import gates, hooks, signals
 from .announce import announce, hook_env
 from .errors import GateFailed
 from .results import PublishResult
@@ -112,6 +112,9 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
 
     The [analysis] queries run inside a waited window (window_s > 0; not with
     --no-wait, which leaves them to the monitor's watch)."""
+    # publish only: rollback imports this module for undo_swap, not HTTP and Prometheus
+    from . import analysis, verify
+
     config = ctx.config
     live_id = result.previous_release_id
     env = hook_env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from .conftest import Env
 
-PACKAGE = Path(__file__).resolve().parent.parent / "releaser"
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "releaser"
 
 # What `--help`, `status` and `rollback` never need: webhooks (and with them
 # http.client, ssl, email), the diff engine, and the long-running services' libraries.
@@ -97,3 +101,23 @@ def test_module_imports_have_no_cycles() -> None:
 
     for mod in sorted(graph):
         visit(mod, ())
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_declared_dependency_is_imported_by_the_package() -> None:
+    """A runtime dependency must do real work: some module of releaser imports it."""
+    declared = {_canonical(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in
+                tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    dists = importlib.metadata.packages_distributions()
+    used = {_canonical(d) for mod in imported for d in dists.get(mod, ())}
+    assert declared - used == set(), "declared but never imported by releaser"
