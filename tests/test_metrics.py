@@ -189,6 +189,8 @@ tests:
         values: '0 0 0 1 1'
       - series: 'releaser_publish_failures_total{{instance="h:9464",job="releaser-monitor"}}'
         values: '0 0 0 0 0'
+      - series: 'releaser_analysis_evaluations_total{{instance="h:9464",job="releaser-monitor",analysis="error_rate",outcome="inconclusive"}}'
+        values: '0 2 4 6 8'
     alert_rule_test:
       - eval_time: 3m
         alertname: ReleaserAutoReverted
@@ -201,6 +203,10 @@ tests:
       - eval_time: 4m
         alertname: ReleaserPublishFailures
         exp_alerts: []
+      - eval_time: 4m
+        alertname: ReleaserAnalysisInconclusive
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: "h:9464", job: releaser-monitor, analysis: error_rate}}
 """)
     proc = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True,
                           text=True, timeout=60)
@@ -213,7 +219,8 @@ def _metric_names(expr: str) -> set[str]:
 
 def test_alerts_and_dashboard_use_exported_metrics() -> None:
     exported = NAMES | {"releaser_live_critical", "releaser_health_check_consecutive_failures",
-                        "releaser_probe_query_duration_seconds_bucket", "releaser_stale_readers"}
+                        "releaser_probe_query_duration_seconds_bucket", "releaser_stale_readers",
+                        "releaser_analysis_evaluations_total"}
     alert_names = _metric_names(ALERTS.read_text())
     assert alert_names and alert_names <= exported, alert_names - exported
     assert DASHBOARDS, "no Grafana dashboard in config/grafana"
