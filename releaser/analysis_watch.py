@@ -8,7 +8,9 @@ Invariants:
   on-call's or the monitor's own decision, and reverts must not cascade down
   the history on the app's metrics alone.
 - Each watched release gets its own run (failure and inconclusive counts); a
-  monitor restarted inside the window starts a new run for the rest of it.
+  monitor restarted inside the window starts a new run for the rest of it. The
+  window's start comes from the publish event's wall-clock time when the release
+  is first seen, its end from the monotonic clock after that.
 - tick() never raises for Prometheus trouble and never reverts: it returns the
   failing verdict, and the monitor reverts as for failed health checks.
   Inconclusive runs are logged once per run and counted, nothing more.
@@ -59,7 +61,9 @@ class AnalysisWatch:
         return sum(q.timeout_s for q in self.cfg.prometheus)
 
     def watched(self) -> tuple[int, str, float] | None:
-        """(release id, publish time, seconds since) of the live release, if watched now."""
+        """(release id, publish time, seconds since) of the live release if it is one a
+        publish made live; None otherwise. The age is by the wall clock: tick() uses it
+        only when it first sees the release, then the monotonic clock."""
         with open_store(self.config) as ctx:
             live_id = ctx.store.live_release_id()
             if live_id is None:
@@ -72,10 +76,7 @@ class AnalysisWatch:
             since = datetime.fromisoformat(last[0].at).timestamp()
         except ValueError:
             return None
-        age = time.time() - since
-        if age > self.cfg.watch_s:
-            return None
-        return live_id, last[0].at, max(0.0, age)
+        return live_id, last[0].at, max(0.0, time.time() - since)
 
     def tick(self) -> Failed | None:
         """Evaluate the due queries for the watched live release; Failed when it failed."""
@@ -87,6 +88,8 @@ class AnalysisWatch:
             return None
         rid, at, age = found
         if self._key != (rid, at) or self._run is None:
+            if age > self.cfg.watch_s:
+                return None  # published before this monitor started, window over
             self._key = (rid, at)
             self._reported_inconclusive = False
             self._run = analysis.AnalysisRun(
@@ -94,6 +97,11 @@ class AnalysisWatch:
                 start=time.monotonic() - age, on_measure=self.on_measure)
             log.info("analysis: watching release %s for %g s after its publish", rid,
                      self.cfg.watch_s)
+        elif time.monotonic() - self._run.start > self.cfg.watch_s:
+            # watched long enough (monotonic: a wall-clock step changes nothing); a
+            # failure inside the window whose revert was postponed still counts
+            verdict = self._run.verdict()
+            return Failed(rid, verdict) if verdict.outcome == analysis.FAIL else None
         self._run.step()
         verdict = self._run.verdict()
         if verdict.outcome == analysis.FAIL:

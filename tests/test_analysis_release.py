@@ -203,3 +203,31 @@ def test_several_series_without_reduce_and_rejected_queries_are_config_errors(
     assert "[[analysis.prometheus]] error_rate:" in proc.stderr and "bad_data" in proc.stderr
     assert store.snapshot() == before
     assert [e["action"] for e in store.history()] == ["publish"]
+
+
+def test_the_watch_covers_watch_s_after_a_publish_and_never_a_rollback(
+        store: Env, stack: Stack) -> None:
+    """A query that always fails: it reverts only inside watch_s after a publish."""
+    store.write_config(analysis_toml(stack.prom.url, "vector(1)", watch_s=2,
+                                     interval_s=0.2).replace("max = 0.05", "max = 0"))
+    for n in (1, 2):
+        store.cli("publish", str(store.make_db(f"r{n}.db", seed=n)))
+    monitor = Monitor(load_config(store.config))
+    time.sleep(2.3)  # release 2's watch is over before the monitor first sees it
+    assert monitor.analysis_once() is False
+    assert store.status()["live"]["release_id"] == 2
+    store.cli("publish", str(store.make_db("r3.db", seed=3)))
+    time.sleep(0.3)
+    assert monitor.analysis_once() is True  # inside release 3's watch: reverted
+    event = store.history()[0]
+    assert (event["action"], event["from_release_id"], event["release_id"]) == \
+        ("auto-revert", 3, 2)
+    assert event["detail"]["analysis"]["measurements"][0]["query"] == "vector(1)"
+    # release 2 is live again by an auto-revert, release 1 by a rollback: not watched
+    time.sleep(0.3)
+    assert monitor.analysis_once() is False
+    store.cli("rollback")
+    time.sleep(0.3)
+    assert monitor.analysis_once() is False
+    assert store.status()["live"]["release_id"] == 1
+    assert [e["action"] for e in store.history()].count("auto-revert") == 1
