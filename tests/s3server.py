@@ -134,12 +134,13 @@ class WeedServer:
                           response_checksum_validation="when_required",
                           retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
+        """graceful=False: SIGKILL (end of session: the data folder is thrown away)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         except ProcessLookupError:
             return
         try:

@@ -28,9 +28,13 @@ def ensure_store(config: Config, actor: str) -> None:
 
 
 def live_sha256(config: Config) -> str | None:
-    from ..views import status
+    """The recorded sha256 of the live release (cheap: no stale-reader scan)."""
+    from ..session import open_store
 
-    return status(config)["live"]["sha256"]
+    with open_store(config) as ctx:
+        rid = ctx.store.live_release_id()
+        rel = ctx.state.release(rid) if rid is not None else None
+        return rel.sha256 if rel is not None else None
 
 
 def held(config: Config, sha256: str) -> Held | None:

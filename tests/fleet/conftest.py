@@ -26,7 +26,7 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
     server = WeedServer(tmp_path_factory.mktemp("weed"))
     server.start()
     yield server
-    server.stop()
+    server.stop(graceful=False)
 
 
 @pytest.fixture

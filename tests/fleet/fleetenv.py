@@ -114,22 +114,23 @@ class Fleet:
         self.build = self.host("build", channel="staging", signing=True)
 
     def section(self, name: str, channel: str, signing: bool, poll_s: float,
-                keys: list[Path] | None = None) -> str:
+                keys: list[Path] | None = None, extra: str = "") -> str:
         pubs = json.dumps([str(p) for p in (keys or [self.pub])])
         lines = ["[fleet]", f'url = "{self.url}"', f'endpoint_url = "{self.endpoint}"',
                  'region = "us-east-1"', f'channel = "{channel}"', f'host_id = "{name}"',
                  f"poll_s = {poll_s}", f"public_keys = {pubs}"]
         if signing:
             lines.append(f'signing_key = "{self.key}"')
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + extra
 
     def host(self, name: str, *, channel: str = "staging", signing: bool = False,
-             poll_s: float = 0.3, keys: list[Path] | None = None) -> Host:
+             poll_s: float = 0.3, keys: list[Path] | None = None, extra: str = "") -> Host:
         base = self.tmp / name
         base.mkdir(parents=True, exist_ok=True)
         h = Host(name, base / "releaser.toml", base / "app" / "tags.db", base / "store")
         h.config.write_text(config_text(h.live, h.root,
-                                        self.section(name, channel, signing, poll_s, keys)))
+                                        self.section(name, channel, signing, poll_s, keys,
+                                                     extra)))
         if name != "build":
             self.hosts.append(h)
         return h

@@ -5,9 +5,13 @@ as `reverted`, not re-applied)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from releaser.fleet.agent import Agent
 from releaser.rollback import revert_live
@@ -35,7 +39,7 @@ def test_concurrent_pushes_one_wins_other_exits_3(fleet: Fleet) -> None:
 
 
 def test_sigkill_mid_download_leaves_nothing_and_next_run_completes(fleet: Fleet) -> None:
-    host = fleet.host("k")
+    host = fleet.host("k", extra='metrics_listen = "127.0.0.1:0"\n')
     pushed = fleet.push(fleet.make_db("one.db", rows=3000, seed=1))
     host.start_agent(python_argv("procs.py", "pause-download", "--config", str(host.config),
                                  "agent"))
@@ -55,7 +59,14 @@ def test_sigkill_mid_download_leaves_nothing_and_next_run_completes(fleet: Fleet
     sock.settimeout(20)
     try:  # the real `releaser agent`, as systemd runs it (Type=notify, watchdog)
         host.start_agent(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        assert host.proc is not None and host.proc.stdout is not None
+        url = re.search(r"metrics on (\S+)", host.proc.stdout.readline()).group(1)
         fleet.wait_all([host], "applied", pushed["seq"])
+        metrics = {s.name: s.value for f in text_string_to_metric_families(
+            urllib.request.urlopen(url, timeout=10).read().decode()) for s in f.samples}
+        assert metrics["releaser_agent_applied_seq"] == pushed["seq"]
+        assert metrics["releaser_agent_download_bytes_total"] == pushed["compressed_size"]
+        assert metrics["releaser_agent_pointer_expired"] == 0
         got = b""
         while b"READY=1" not in got or b"WATCHDOG=1" not in got:
             got += sock.recv(4096)
