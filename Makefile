@@ -6,7 +6,7 @@ DEMO := var/demo
 DEMO_CONFIG := $(DEMO)/releaser.toml
 RELEASER := $(BIN)/releaser --config $(DEMO_CONFIG)
 
-.PHONY: venv demo demo-fleet test lint bench stress clean install-systemd
+.PHONY: venv demo demo-fleet test lint bench stress clean install-systemd uninstall-systemd systemd-image
 
 venv: $(VENV)/.installed
 
@@ -37,8 +37,14 @@ demo-fleet: venv
 	rm -rf var/demo-fleet
 	$(BIN)/python -m tests.fleetdemo var/demo-fleet
 
+# loadgroup: tests marked xdist_group (the booted systemd) share one worker
 test: venv
-	$(BIN)/python -m pytest -n 2 -q -m "not stress and not bench"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not stress and not bench"
+
+# The Debian tree tests/test_systemd_real.py boots (debootstrap, 1-2 min, cached under
+# /var/cache/releaser-test keyed on its package list); .ci/run builds it before `make test`.
+systemd-image:
+	$(PYTHON) -m tests.nspawn build-image
 
 lint: venv
 	$(BIN)/ruff check releaser tests
@@ -79,5 +85,28 @@ install-systemd:
 	else \
 	    install -m 0644 config/releaser.toml $(DESTDIR)$(RELEASER_CONF_DIR)/releaser.toml; \
 	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+	    $(RELEASER_PREFIX)/.venv/bin/python -m releaser.unit_paths \
+	        --config $(RELEASER_CONF_DIR)/releaser.toml --unit-dir $(SYSTEMD_UNIT_DIR) && \
+	    if [ ! -e /usr/local/bin/releaser ] || [ -L /usr/local/bin/releaser ]; then \
+	        ln -sfn $(RELEASER_PREFIX)/.venv/bin/releaser /usr/local/bin/releaser; fi; \
+	fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed: $(notdir $(wildcard systemd/*.service)); next: systemctl enable --now releaser-monitor"
+
+# Stops and removes the units, their drop-ins, /usr/local/bin/releaser and the venv;
+# keeps the config, the store with its releases and state.db, and the releaser user.
+uninstall-systemd:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	    systemctl disable --now $(notdir $(wildcard systemd/*.service)) 2>/dev/null || true; fi
+	for unit in $(notdir $(wildcard systemd/*.service)); do \
+	    rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit.d/50-paths.conf; \
+	    rmdir $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit.d 2>/dev/null || true; \
+	done
+	@if [ -z "$(DESTDIR)" ]; then \
+	    if [ -L /usr/local/bin/releaser ] && [ "$$(readlink /usr/local/bin/releaser)" = "$(RELEASER_PREFIX)/.venv/bin/releaser" ]; then \
+	        rm -f /usr/local/bin/releaser; fi; \
+	    rm -rf $(RELEASER_PREFIX)/.venv; rmdir $(RELEASER_PREFIX) 2>/dev/null || true; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstalled; kept $(RELEASER_CONF_DIR), the store (root in the config) and the releaser user"
