@@ -68,10 +68,18 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 RELEASER_CONF_DIR ?= /etc/releaser
 RELEASER_PREFIX ?= /opt/releaser
 install-systemd:
+	@# the same source as last time: no reinstall (a rerun needs no network)
 	@if [ -z "$(DESTDIR)" ]; then \
-	    echo "installing releaser into $(RELEASER_PREFIX)/.venv"; \
-	    $(PYTHON) -m venv $(RELEASER_PREFIX)/.venv && \
-	    $(RELEASER_PREFIX)/.venv/bin/pip install --quiet --upgrade . ; \
+	    src=$$(cat pyproject.toml README.md $$(find releaser -name '*.py' | sort) | sha256sum); \
+	    if [ -x $(RELEASER_PREFIX)/.venv/bin/releaser ] && \
+	       [ "$$(cat $(RELEASER_PREFIX)/.venv/.releaser-source 2>/dev/null)" = "$$src" ]; then \
+	        echo "releaser in $(RELEASER_PREFIX)/.venv is up to date"; \
+	    else \
+	        echo "installing releaser into $(RELEASER_PREFIX)/.venv"; \
+	        $(PYTHON) -m venv $(RELEASER_PREFIX)/.venv && \
+	        $(RELEASER_PREFIX)/.venv/bin/pip install --quiet --upgrade . && \
+	        echo "$$src" > $(RELEASER_PREFIX)/.venv/.releaser-source; \
+	    fi; \
 	fi
 	@if [ -z "$(DESTDIR)" ] && ! getent passwd releaser >/dev/null; then \
 	    echo "creating system user releaser"; \

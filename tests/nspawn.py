@@ -7,6 +7,8 @@ Invariants:
 - The image is a tarball under CACHE named for the sha256 of what goes into it (suite,
   packages, recipe): a changed package list builds a new one, an unchanged one is
   reused, and a half-built one is never seen (written under a temp name, renamed).
+  It is extracted once beside itself; each boot mounts an overlay on that tree (a
+  private upper layer), so the cached tree is never written and a boot costs no copy.
 - The host has no systemd or D-Bus: the container is booted with --register=no
   --keep-unit, and commands run inside with nsenter into all of the init's namespaces,
   with a clean environment (PATH, HOME, LANG, and the host's PIP_* settings).
@@ -76,6 +78,7 @@ def build_image(*, log: bool = True) -> Path:
     """The cached tarball, built with debootstrap when missing (1-2 minutes)."""
     out = image_path()
     if out.exists():
+        extracted_tree(out)
         if log:
             print(f"systemd image: {out} (cached)")
         return out
@@ -101,11 +104,32 @@ def build_image(*, log: bool = True) -> Path:
         subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "-cpf",
                         str(tmp), "."], check=True, timeout=600)
         os.replace(tmp, out)
+        extracted_tree(out)
         if log:
             print(f"systemd image: built {out} in {time.monotonic() - t0:.0f} s")
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def extracted_tree(image: Path) -> Path:
+    """The tarball extracted once beside it (the read-only lower layer of each boot)."""
+    tree = image.with_suffix(".tree")
+    if tree.is_dir():
+        return tree
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=image.parent))
+    try:
+        subprocess.run(["tar", "-C", str(tmp), "--numeric-owner", "--xattrs", "-xpf",
+                        str(image)], check=True, timeout=600)
+        try:
+            tmp.rename(tree)
+        except OSError:  # another session extracted it meanwhile
+            if not tree.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tree
 
 
 # -- pip configuration to replicate inside ----------------------------------
@@ -133,7 +157,9 @@ def _paths_named_in(texts: Sequence[str]) -> set[Path]:
                 continue
             p = Path(token)
             if p.exists() and not str(p).startswith(("/etc/", "/usr/", "/proc/", "/sys/")):
-                found.add(p if p.is_dir() else p.parent)
+                p = p if p.is_dir() else p.parent
+                # a file:// index's pages link to files beside its simple/ folder
+                found.add(p.parent if p.name == "simple" else p)
     return found
 
 
@@ -148,15 +174,39 @@ class Container:
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader: int | None = None
         self.cgroups: list[Path] = []
+        self.overlay = False
         self.console = tree.parent / f"{name}.console.log"
 
     @classmethod
     def from_image(cls, image: Path, parent: Path, name: str = "releaser-test") -> Container:
+        """A writable tree: an overlay on the cached extracted image (instant), else a
+        fresh extraction of the tarball."""
         tree = parent / "root"
         tree.mkdir()
-        subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "-xpf",
-                        str(image)], check=True, timeout=300)
-        return cls(tree, name)
+        c = cls(tree, name)
+        lower = extracted_tree(image)
+        upper, work = parent / "upper", parent / "work"
+        upper.mkdir()
+        work.mkdir()
+        mount = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={upper},workdir={work}", str(tree)],
+            capture_output=True, timeout=30)
+        if mount.returncode == 0:
+            c.overlay = True
+        else:
+            subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "--xattrs", "-xpf",
+                            str(image)], check=True, timeout=300)
+        return c
+
+    def remove(self) -> None:
+        """Delete the tree (after poweroff): unmount the overlay, remove what is ours."""
+        if self.overlay:
+            subprocess.run(["umount", str(self.tree)], check=True, timeout=30)
+            self.overlay = False
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.tree),
+                        str(self.tree.parent / "upper"), str(self.tree.parent / "work")],
+                       check=False, timeout=120)
 
     # -- before boot ---------------------------------------------------------
 
@@ -222,30 +272,39 @@ class Container:
                 raise TimeoutError("the container's init did not appear")
             self.leader = self._find_leader()
             time.sleep(0.1)
-        # boot finished (running or degraded) before anything is run
-        left = max(5.0, deadline - time.monotonic())
-        state = self.run(["systemctl", "is-system-running", "--wait"], check=False,
-                         timeout=left).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise RuntimeError(f"container boot ended {state!r}: "
-                               f"{self.run(['systemctl', '--failed'], check=False).stdout}")
+        # boot finished (running or degraded) before anything is run; until the
+        # manager's bus is up, systemctl fails at once (no --wait possible)
+        state = ""
+        while state not in ("running", "degraded"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the container did not finish booting ({state!r}): "
+                                   f"{self.run(['systemctl', '--failed'], check=False).stdout}")
+            time.sleep(0.2)
+            state = self.run(["systemctl", "is-system-running"], check=False,
+                             timeout=10).stdout.strip()
 
     def _find_leader(self) -> int | None:
-        """The container's PID 1: a process whose innermost pid is 1, rooted in the tree."""
-        tree = os.path.realpath(self.tree)
+        """The container's PID 1: pid 1 in its own namespace, in our cgroup's payload.
+
+        (Its /proc/PID/root reads "/" after nspawn's pivot_root: the cgroup tells.)
+        """
+        mine = {f"/{cg.relative_to(root).as_posix()}/"
+                for cg in self.cgroups for root in CGROUP_ROOTS if cg.is_relative_to(root)}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             try:
                 status = Path(f"/proc/{entry.name}/status").read_text()
-                if os.readlink(f"/proc/{entry.name}/root") != tree:
-                    continue
+                groups = Path(f"/proc/{entry.name}/cgroup").read_text()
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("NSpid:") and line.split()[-1] == "1" \
-                        and len(line.split()) > 2:
-                    return int(entry.name)
+            nspid = next((ln.split()[1:] for ln in status.splitlines()
+                          if ln.startswith("NSpid:")), [])
+            if len(nspid) < 2 or nspid[-1] != "1":
+                continue
+            paths = {ln.split(":", 2)[2] + "/" for ln in groups.splitlines()}
+            if any(p.startswith(m) for p in paths for m in mine):
+                return int(entry.name)
         return None
 
     def poweroff(self, timeout: float = 30) -> None:
@@ -253,12 +312,30 @@ class Container:
         if self.proc is not None and self.proc.poll() is None:
             if self.leader is not None:
                 self.run(["systemctl", "poweroff", "--no-block"], check=False, timeout=10)
+            else:
+                self.proc.terminate()  # nspawn: an orderly shutdown of the container
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(10)
+        self._kill_leftovers()
         self._remove_cgroups()
+
+    def _kill_leftovers(self) -> None:
+        """Whatever still runs in our cgroups (nspawn killed before its container)."""
+        for cg in self.cgroups:
+            kill = cg / "cgroup.kill"
+            if kill.exists() and (cg / "cgroup.events").exists():
+                if "populated 1" in (cg / "cgroup.events").read_text():
+                    kill.write_text("1")
+            else:  # v1: signal every process listed below it
+                for procs in cg.rglob("cgroup.procs"):
+                    for pid in procs.read_text().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
 
     def _remove_cgroups(self) -> None:
         for cg in self.cgroups:
