@@ -37,9 +37,8 @@ demo-fleet: venv
 	rm -rf var/demo-fleet
 	$(BIN)/python -m tests.fleetdemo var/demo-fleet
 
-# loadgroup: tests marked xdist_group (the booted systemd) share one worker
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not stress and not bench"
+	$(BIN)/python -m pytest -n 2 -q -m "not stress and not bench"
 
 # The Debian tree tests/test_systemd_real.py boots (debootstrap, 1-2 min, cached under
 # /var/cache/releaser-test keyed on its package list); .ci/run builds it before `make test`.

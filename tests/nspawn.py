@@ -223,6 +223,9 @@ class Container:
                     shutil.copy2(p, target)
             subprocess.run(["chroot", str(self.tree), "update-ca-certificates"], check=True,
                            timeout=120, capture_output=True)
+        # nspawn names the host after the machine: let it resolve (sudo asks)
+        with open(self.tree / "etc/hosts", "a") as hosts:
+            hosts.write(f"127.0.1.1\t{self.name} releaser-test\n")
         texts = list(_pip_env().values())
         for f in _pip_config_files():
             target = self.tree / f.relative_to("/")

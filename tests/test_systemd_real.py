@@ -1,8 +1,8 @@
 """The units under a real systemd (252, Debian bookworm in systemd-nspawn), installed
 exactly as the README's "Install under systemd" steps say.
 
-One boot for the whole module (all tests in one xdist group, in file order, each
-building on the previous one's state): install, edit only the config values the
+One boot, one test (so xdist keeps it on one worker), its steps in order, each
+building on the previous one's state: install, edit only the config values the
 README names, install again, `sudo -u releaser releaser init`, two publishes,
 `systemctl enable --now` both units. Then: the monitor is active after READY=1 and
 /healthz is 200; the watcher publishes a file renamed into the inbox; the sandbox
@@ -32,8 +32,10 @@ import pytest
 
 from . import nspawn
 from .conftest import REPO
+from .sample import write_sample
 
-pytestmark = [pytest.mark.xdist_group("systemd-nspawn"), pytest.mark.timeout(300)]
+# boot ~5 s, pip in make install-systemd 30 s (2+ minutes on a loaded machine), steps ~20 s
+pytestmark = pytest.mark.timeout(480)
 
 SRC = "/root/releaser"             # where the checkout is copied: a user's clone
 CONF = "/etc/releaser/releaser.toml"
@@ -101,11 +103,18 @@ class Box:
         return self.sh(f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' "
                        f"http://127.0.0.1:{self.port}/healthz || true").strip()
 
+    def wait(self, script: str, *, timeout: float, what: str, unit: str = MONITOR) -> str:
+        """c.wait_for, with the unit's journal in the failure message."""
+        try:
+            return self.c.wait_for(script, timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\njournal of {unit}:\n{self.journal(unit)}") from None
+
     def journal(self, unit: str, lines: int = 60) -> str:
         return self.sh(f"journalctl -u {unit} --no-pager -n {lines} -o short-monotonic || true")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     reason = nspawn.unavailable()
     if reason:
@@ -132,10 +141,11 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         conf.write_text(edit_config(conf.read_text(), b.port))
         b.sh(f"cd {SRC} && make install-systemd", timeout=240)
         b.timings["install_s"] = time.monotonic() - t
-        # two builds the releaser user can read (the data engineers' output)
-        b.sh(f"install -d -m 0755 {BUILDS} && for s in 1 2 3; do "
-             f"/opt/releaser/.venv/bin/python -m releaser.sample {BUILDS}/tags-$s.db "
-             f"--rows 3000 --seed $s >/dev/null; chmod 0644 {BUILDS}/tags-$s.db; done")
+        # builds the releaser user can read (the data engineers' output)
+        for seed in (1, 2, 3):
+            db = write_sample(c.tree / BUILDS.lstrip("/") / f"tags-{seed}.db", rows=3000,
+                              seed=seed)
+            db.chmod(0o644)
         b.sh("sudo -u releaser releaser init")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-1.db --note first")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-2.db --note second")
@@ -149,7 +159,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         c.remove()
 
 
-def test_install_makes_the_folders_the_units_write(box: Box) -> None:
+def step_install_makes_the_folders_the_units_write(box: Box) -> None:
     assert box.existed_before_install == {ROOT: False, os.path.dirname(LIVE): False,
                                           INBOX: False}
     for path in (ROOT, os.path.dirname(LIVE), INBOX):
@@ -160,7 +170,7 @@ def test_install_makes_the_folders_the_units_write(box: Box) -> None:
     assert box.sh(f"readlink {LIVE}").strip().startswith(f"{ROOT}/slots/")
 
 
-def test_monitor_start_returns_after_ready_and_is_active(box: Box) -> None:
+def step_monitor_start_returns_after_ready_and_is_active(box: Box) -> None:
     t = time.monotonic()
     box.sh(f"systemctl enable --now {MONITOR}", timeout=120)
     box.timings["monitor_start_s"] = time.monotonic() - t
@@ -172,12 +182,13 @@ def test_monitor_start_returns_after_ready_and_is_active(box: Box) -> None:
     assert box.healthz() == "200", box.journal(MONITOR)
 
 
-def test_watch_starts_and_publishes_a_file_renamed_into_the_inbox(box: Box) -> None:
+def step_watch_starts_and_publishes_a_file_renamed_into_the_inbox(box: Box) -> None:
     box.sh(f"systemctl enable --now {WATCH}", timeout=120)
     assert box.prop(WATCH, "ActiveState") == "active", box.journal(WATCH)
     box.sh(f"cp {BUILDS}/tags-3.db {INBOX}/.tags-3.db.tmp && chmod 0644 {INBOX}/.tags-3.db.tmp"
            f" && mv {INBOX}/.tags-3.db.tmp {INBOX}/tags-3.db")
-    box.c.wait_for(f"test -e {INBOX}/done/tags-3.db", timeout=60, what="inbox/done/tags-3.db")
+    box.wait(f"test -e {INBOX}/done/tags-3.db", timeout=60, what="inbox/done/tags-3.db",
+             unit=WATCH)
     reason = json.loads(box.sh(f"cat {INBOX}/done/tags-3.db.reason.json"))
     assert reason["outcome"] == "published" and reason["release_id"] == 3, reason
     status = box.releaser_json("status")
@@ -185,7 +196,7 @@ def test_watch_starts_and_publishes_a_file_renamed_into_the_inbox(box: Box) -> N
     assert box.prop(WATCH, "NRestarts") == "0"
 
 
-def test_writes_outside_the_allowed_paths_fail(box: Box) -> None:
+def step_writes_outside_the_allowed_paths_fail(box: Box) -> None:
     pid = box.prop(MONITOR, "MainPID")
     enter = f"nsenter -t {pid} -m"  # the service's own mount namespace, as root even
     for path in ("/etc/releaser", "/opt/releaser", "/usr/local/bin", "/var/lib", "/srv"):
@@ -197,11 +208,11 @@ def test_writes_outside_the_allowed_paths_fail(box: Box) -> None:
     assert not (box.c.tree / "etc/releaser/.write-probe").exists()
 
 
-def test_a_damaged_live_file_is_auto_reverted_by_the_service(box: Box) -> None:
+def step_a_damaged_live_file_is_auto_reverted_by_the_service(box: Box) -> None:
     target = box.sh(f"readlink -f {LIVE}").strip()
     box.sh(f"printf 'damaged by the test' | dd of={target} bs=1 seek=0 conv=notrunc status=none")
     t = time.monotonic()
-    box.c.wait_for(
+    box.wait(
         "sudo -u releaser releaser history --json --limit 5 | grep -q '\"auto-revert\"'",
         timeout=60, what="an auto-revert event")
     box.timings["auto_revert_s"] = time.monotonic() - t
@@ -213,7 +224,7 @@ def test_a_damaged_live_file_is_auto_reverted_by_the_service(box: Box) -> None:
     assert revert["release_id"] == 2, revert
     status = box.releaser_json("status")
     assert status["live"]["release_id"] == 2  # type: ignore[index]
-    box.c.wait_for(f"curl -sf -m 5 -o /dev/null http://127.0.0.1:{box.port}/healthz",
+    box.wait(f"curl -sf -m 5 -o /dev/null http://127.0.0.1:{box.port}/healthz",
                    timeout=30, what="/healthz 200 after the revert")
     # logged by the service as an error, which journald keeps as its priority
     assert "auto-revert: live release 3 -> 2" in box.sh(
@@ -221,7 +232,7 @@ def test_a_damaged_live_file_is_auto_reverted_by_the_service(box: Box) -> None:
     assert box.prop(MONITOR, "ActiveState") == "active"
 
 
-def test_the_watchdog_restarts_a_stopped_monitor(box: Box) -> None:
+def step_the_watchdog_restarts_a_stopped_monitor(box: Box) -> None:
     # a short watchdog for the test; TimeoutAbortSec: the stopped process gets SIGABRT,
     # then SIGKILL this long after (it is TimeoutStopSec otherwise)
     dropin = f"/etc/systemd/system/{MONITOR}.d/90-test-watchdog.conf"
@@ -231,7 +242,7 @@ def test_the_watchdog_restarts_a_stopped_monitor(box: Box) -> None:
     before_restarts = int(box.prop(MONITOR, "NRestarts"))
     box.sh(f"kill -STOP {before_pid}")
     t = time.monotonic()
-    box.c.wait_for(
+    box.wait(
         f"test \"$(systemctl show -P NRestarts {MONITOR})\" -gt {before_restarts} && "
         f"test \"$(systemctl show -P ActiveState {MONITOR})\" = active && "
         f"test \"$(systemctl show -P MainPID {MONITOR})\" != {before_pid}",
@@ -242,7 +253,7 @@ def test_the_watchdog_restarts_a_stopped_monitor(box: Box) -> None:
     box.sh(f"rm {dropin} && systemctl daemon-reload")
 
 
-def test_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box: Box) -> None:
+def step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box: Box) -> None:
     def fingerprint() -> tuple[str, str, str]:
         conf = hashlib.sha256((box.c.tree / CONF.lstrip("/")).read_bytes()).hexdigest()
         releases = box.sh(f"sqlite3 {ROOT}/state.db 'SELECT id, sha256, status FROM releases'")
@@ -263,3 +274,14 @@ def test_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box:
     assert fingerprint() == before
     # every release file is still there and the live one still opens
     assert box.sh(f"sqlite3 {LIVE} 'SELECT COUNT(*) FROM tags_final'").strip() == "3000"
+
+
+def test_a_fresh_install_under_systemd_works_end_to_end(box: Box) -> None:
+    """The steps share one boot; the first failing one names itself in the traceback."""
+    step_install_makes_the_folders_the_units_write(box)
+    step_monitor_start_returns_after_ready_and_is_active(box)
+    step_watch_starts_and_publishes_a_file_renamed_into_the_inbox(box)
+    step_writes_outside_the_allowed_paths_fail(box)
+    step_a_damaged_live_file_is_auto_reverted_by_the_service(box)
+    step_the_watchdog_restarts_a_stopped_monitor(box)
+    step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box)
