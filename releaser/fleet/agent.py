@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
-from ..errors import LockBusy, ReleaserError
+from ..errors import EXIT_GATE, EXIT_IO, EXIT_OK, LockBusy, ReleaserError
 from . import layout, local, settings, transfer
 from .ack import Ack, AgentState
 from .agentmetrics import AgentMetrics
@@ -233,11 +233,12 @@ class Agent:
                 return self._ack("reverted", self.current,
                                  [f"the monitor auto-reverted release {held.release_id}"],
                                  target=last["target_sha256"], digest=last.get("pointer"))
-        if time.monotonic() - self._last_ack_at < HEARTBEAT_S and not reasons:
+        news = bool(reasons) and reasons != last.get("reasons")
+        if time.monotonic() - self._last_ack_at < HEARTBEAT_S and not news:
             return None
         if not last:
             return self._ack("applied", None, reasons, target=None)
-        return self._ack(last["state"], self.current, last.get("reasons", []) + reasons,
+        return self._ack(last["state"], self.current, reasons or last.get("reasons", []),
                          target=last.get("target_sha256"), digest=last.get("pointer"),
                          seq=last.get("seq"))
 
@@ -285,13 +286,17 @@ class Agent:
     def arm(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
 
-    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+    def run(self, stop: threading.Event, *, once: bool = False) -> int:
+        """Poll until stop is set. once: one poll; exit 0 applied, 1 rejected or
+        reverted, 5 the bucket could not be read or the apply must be retried."""
         ready = False
+        errors = self.metrics.poll_errors
         while not stop.is_set():
+            before = errors._value.get()
             try:
                 self.poll()
             except ReleaserError as exc:
-                self.metrics.poll_errors.inc()
+                errors.inc()
                 log.error("poll failed: %s", exc.message)
             if not ready:
                 sdnotify.notify("READY=1")
@@ -300,10 +305,13 @@ class Agent:
                             f"{self.state.last.get('state', 'starting')} seq "
                             f"{self.state.applied_seq}")
             if once:
-                return
+                if errors._value.get() > before:
+                    return EXIT_IO
+                return EXIT_OK if self.state.last.get("state") == "applied" else EXIT_GATE
             wait = self.fleet.poll_s * random.uniform(0.8, 1.2)
             self.arm(wait + 120)
             stop.wait(wait)
+        return EXIT_OK
 
 
 def run_agent(config: Config, *, once: bool = False, announce: Any = None) -> int:
@@ -330,5 +338,4 @@ def run_agent(config: Config, *, once: bool = False, announce: Any = None) -> in
                 else:
                     log.error("a poll overran its time budget: withholding the watchdog ping")
         threading.Thread(target=ping, name="releaser-agent-watchdog", daemon=True).start()
-    agent.run(stop, once=once)
-    return 0
+    return agent.run(stop, once=once)

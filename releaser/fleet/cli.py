@@ -228,7 +228,9 @@ def releases(channel: str | None, limit: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Poll once, apply, report, exit.")
+@click.option("--once", is_flag=True,
+              help="Poll once, apply, report, exit: 0 applied, 1 rejected or reverted, "
+                   "5 bucket unreachable or retry needed.")
 def agent(once: bool) -> None:
     """Keep this host on its channel's release (long-running).
 

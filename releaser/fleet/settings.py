@@ -39,6 +39,8 @@ class Fleet:
     download_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.url and (not self.url.startswith("s3://") or self.url == "s3://"):
+            raise ValueError(f'url must be "s3://BUCKET/PREFIX", got "{self.url}"')
         if self.poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {self.poll_s}")
         if self.pointer_ttl_s <= 0:
