@@ -106,8 +106,13 @@ def _debug(ctx: click.Context) -> bool:
     return bool(getattr(settings, "debug", False)) or "--debug" in sys.argv
 
 
+def one_line(text: str) -> str:
+    """Errors and history stay one line each, whatever SQLite or a file name holds."""
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _click_error(message: str, code: int) -> click.ClickException:
-    err = click.ClickException(message)
+    err = click.ClickException(one_line(message))
     err.exit_code = code
     return err
 
@@ -328,7 +333,7 @@ def _print_report(report: GateReport) -> None:
         line = f"  {r.outcome:<5} {r.kind:<12} {r.name:<20} {observed:>14}  {r.duration_ms:8.1f} ms"
         if r.outcome != "pass" and r.detail:
             line += f"  {r.detail}"
-        click.echo(line)
+        click.echo(one_line(line))
 
 
 # -- rollback --------------------------------------------------------------
@@ -485,8 +490,8 @@ def history(limit: int, as_json: bool) -> None:
         rel = f"release {e['release_id']}" if e["release_id"] is not None else "-"
         frm = f" (from {e['from_release_id']})" if e["from_release_id"] is not None else ""
         reason = f"  {e['reason']}" if e["reason"] else ""
-        click.echo(f"{e['at']}  {e['action']:<11} {e['outcome']:<11} {rel}{frm}  "
-                   f"by {e['actor']}{reason}")
+        click.echo(one_line(f"{e['at']}  {e['action']:<11} {e['outcome']:<11} {rel}{frm}  "
+                            f"by {e['actor']}{reason}"))
 
 
 @cli.command()

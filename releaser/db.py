@@ -4,7 +4,13 @@ A broken or hostile file must not be able to hang us or change anything:
 - `mode=ro` URI: SQLite never writes the file (no journal recovery, no WAL checkpoint);
 - `PRAGMA trusted_schema=OFF`: views and triggers cannot call functions with side effects;
 - `PRAGMA query_only=ON`: belt and braces against writes;
-- a progress handler aborts any statement that runs past its deadline.
+- a progress handler aborts any statement that runs past its deadline;
+- an authorizer refuses ATTACH/DETACH: config SQL can read the candidate, never
+  open (and so create) another file;
+- SQLite's heap is capped (HEAP_LIMIT_BYTES, process-wide): a file that needs more
+  memory to read (a huge generated blob...) fails its query with OutOfMemory instead
+  of taking the machine's memory; results are streamed, never fetched whole, where
+  their size is the file's choice (probes).
 """
 
 from __future__ import annotations
@@ -23,8 +29,30 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
 
 
+HEAP_LIMIT_BYTES = 64 << 20
+
+_DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
+
+
 class QueryTimeout(Exception):
     """A statement ran past its time limit."""
+
+
+class OutOfMemory(sqlite3.DatabaseError):
+    """A statement needed more than the SQLite heap limit."""
+
+
+class MultipleRows(sqlite3.DatabaseError):
+    """A query meant to return one value returned several rows."""
+
+
+def _authorize(action: int, *_args: object) -> int:
+    return sqlite3.SQLITE_DENY if action in _DENIED else sqlite3.SQLITE_OK
+
+
+def _cap_heap(conn: sqlite3.Connection) -> None:
+    """Set the process-wide SQLite heap limit (once is enough; harmless again)."""
+    conn.execute(f"PRAGMA hard_heap_limit = {HEAP_LIMIT_BYTES}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +114,8 @@ class ReadOnlyDB:
         self.conn.set_progress_handler(self._progress, 1000)
         self.conn.execute("PRAGMA trusted_schema=OFF")
         self.conn.execute("PRAGMA query_only=ON")
+        _cap_heap(self.conn)
+        self.conn.set_authorizer(_authorize)
 
     def _progress(self) -> int:
         return 1 if time.monotonic() > self._deadline else 0
@@ -100,7 +130,15 @@ class ReadOnlyDB:
                 raise QueryTimeout(
                     f"query exceeded the {timeout_ms or self.timeout_ms} ms time limit"
                 ) from None
+            if "not authorized" in str(exc):
+                raise sqlite3.OperationalError(
+                    f"{exc} (ATTACH and DETACH are refused: checks read the candidate only)"
+                ) from None
             raise
+        except MemoryError:
+            raise OutOfMemory(
+                f"out of memory: the query needs more than the {HEAP_LIMIT_BYTES >> 20} MB "
+                "SQLite heap limit") from None
         finally:
             self._deadline = float("inf")
 
@@ -114,6 +152,26 @@ class ReadOnlyDB:
         with self.deadline(timeout_ms):
             row = self.conn.execute(sql, tuple(params)).fetchone()
         return None if row is None else row[0]
+
+    def single(self, sql: str, params: Sequence[Any] = (), *, timeout_ms: int | None = None
+               ) -> Any:
+        """The one value of a one-row query (None for no row); several rows are an error."""
+        with self.deadline(timeout_ms):
+            rows = self.conn.execute(sql, tuple(params)).fetchmany(2)
+        if len(rows) > 1:
+            raise MultipleRows("returned several rows; a check must return one number "
+                               "(aggregate, or add LIMIT 1)")
+        return rows[0][0] if rows else None
+
+    def count_rows(self, sql: str, params: Sequence[Any] = (), *,
+                   timeout_ms: int | None = None) -> int:
+        """Run a query to its end, counting its rows without keeping them."""
+        n = 0
+        with self.deadline(timeout_ms):
+            cur = self.conn.execute(sql, tuple(params))
+            while batch := cur.fetchmany(512):
+                n += len(batch)
+        return n
 
     def close(self) -> None:
         self.conn.close()

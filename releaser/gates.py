@@ -1,14 +1,16 @@
 """Gates: the checks and probes run on one open candidate database.
 
-Order: is it SQLite; integrity (quick or full); foreign keys; required schema;
-[[checks]]; [[probes]]. The first four are structural: the first failure stops
-the run, since nothing after it would mean anything.
+Order: is it SQLite; integrity (quick_check plus the index-vs-table check of
+indexcheck.py, or integrity_check); foreign keys; required schema and virtual table
+modules; [[checks]]; [[probes]]. The first ones are structural: the first failure
+stops the run, since nothing after it would mean anything.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import indexcheck
 from .config import Check, Config, Probe
 from .db import QueryTimeout, ReadOnlyDB, read_header
 
@@ -134,6 +137,51 @@ def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
     return r
 
 
+def check_indexes(db: ReadOnlyDB, timeout_ms: int) -> GateResult:
+    """Every plain-column index against its table (indexcheck.py): quick_check's gap."""
+    r = GateResult("index_check", "integrity", PASS, threshold="indexes agree with tables")
+    with _timed(r):
+        try:
+            with db.deadline(timeout_ms):
+                plan = indexcheck.plan(db.conn)
+                problems = indexcheck.run(db.conn, plan)
+        except QueryTimeout as exc:
+            r.outcome, r.detail = ERROR, str(exc)
+            return r
+        except sqlite3.DatabaseError as exc:
+            r.outcome, r.detail = FAIL, f"SQLite error: {exc}"
+            return r
+        r.observed = f"{len(plan.indexes)} indexes"
+        if problems:
+            r.outcome, r.detail = FAIL, "; ".join(problems[:3])
+        elif plan.not_covered:
+            r.detail = f"not compared (integrity = \"full\" does): {', '.join(plan.not_covered)}"
+    return r
+
+
+def check_virtual_tables(db: ReadOnlyDB) -> GateResult:
+    """A table USING a module this SQLite lacks cannot be opened by any reader like it."""
+    r = GateResult("virtual_tables", "schema", PASS, threshold="every module available")
+    with _timed(r):
+        try:
+            tables = db.all("SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
+                            "AND sql LIKE 'CREATE VIRTUAL TABLE%'")
+            modules = {str(m).lower() for (m,) in db.all("SELECT name FROM pragma_module_list")}
+        except (sqlite3.DatabaseError, QueryTimeout) as exc:
+            r.outcome, r.detail = ERROR, str(exc)
+            return r
+        missing = []
+        for name, sql in tables:
+            m = re.search(r"\bUSING\s+\"?(\w+)", sql or "", re.IGNORECASE)
+            if m and m.group(1).lower() not in modules:
+                missing.append(f"table {name} uses module {m.group(1)}")
+        r.observed = f"{len(tables)} virtual"
+        if missing:
+            r.outcome, r.detail = FAIL, ("; ".join(missing) + ", which SQLite here does not "
+                                         "have: no reader can open it")
+    return r
+
+
 def check_foreign_keys(db: ReadOnlyDB) -> GateResult:
     r = GateResult("foreign_key_check", "foreign_keys", PASS, observed=0, threshold="0 violations")
     with _timed(r):
@@ -187,7 +235,7 @@ def run_check(db: ReadOnlyDB, check: Check, baseline: float | None) -> GateResul
     r = GateResult(check.name, "check", PASS, threshold="; ".join(parts) or None)
     with _timed(r):
         try:
-            value = db.scalar(check.sql)
+            value = db.single(check.sql)
         except (sqlite3.DatabaseError, QueryTimeout) as exc:
             r.outcome, r.detail = ERROR, f"query failed: {exc}"
             return r
@@ -244,10 +292,10 @@ def run_probe(db: ReadOnlyDB, probe: Probe, runs: int) -> GateResult:
         try:
             for i in range(runs):
                 t0 = time.perf_counter()
-                got = db.all(probe.sql, probe.params)
+                got = db.count_rows(probe.sql, probe.params)  # streamed: memory stays flat
                 durations.append((time.perf_counter() - t0) * 1000)
                 if i == 0:
-                    rows = len(got)
+                    rows = got
         except (sqlite3.DatabaseError, QueryTimeout) as exc:
             r.outcome, r.detail = ERROR, f"query failed: {exc}"
             return r
@@ -301,20 +349,28 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
     """
     report = GateReport(path=str(path))
     gates = config.gates
-    checks_db = _open_for_checks(path, config)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="releaser-checks")
+    checks_db = _open_for_checks(path, config, bool(config.checks))
+    # quick_check does not compare indexes with tables: indexcheck does, beside it
+    index_db = _open_for_checks(path, config, gates.integrity == "quick")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="releaser-checks")
     checks: Future[list[GateResult]] | None = None
+    indexes: Future[GateResult] | None = None
     if checks_db is not None:
         checks = pool.submit(_run_checks, checks_db, config, baseline)
+    if index_db is not None:
+        indexes = pool.submit(check_indexes, index_db, gates.integrity_timeout_ms)
+    finished = False
     try:
+        steps = [lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms)]
+        if indexes is not None:
+            steps.append(lambda d: indexes.result())
         db = _structural(path, config, report, [
-            lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms),
+            *steps,
             check_foreign_keys,
             lambda d: check_required_schema(d, gates.required),
+            check_virtual_tables,
         ])
         if db is None:
-            if checks_db is not None:
-                checks_db.conn.interrupt()
             return report
         with db:
             if checks is not None:
@@ -323,15 +379,23 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
                 report.results.extend(_run_checks(db, config, baseline))
             for probe in config.probes:
                 report.results.append(run_probe(db, probe, gates.probe_runs))
+        finished = True
         return report
     finally:
+        if not finished:
+            # a structural failure or an exception (Ctrl-C...): stop the scans now
+            # instead of waiting for them to read the whole file
+            for side in (checks_db, index_db):
+                if side is not None:
+                    side.conn.interrupt()
         pool.shutdown(wait=True)
-        if checks_db is not None:
-            checks_db.close()
+        for side in (checks_db, index_db):
+            if side is not None:
+                side.close()
 
 
-def _open_for_checks(path: Path, config: Config) -> ReadOnlyDB | None:
-    if not config.checks or check_file(path).outcome != PASS:
+def _open_for_checks(path: Path, config: Config, wanted: bool) -> ReadOnlyDB | None:
+    if not wanted or check_file(path).outcome != PASS:
         return None
     try:
         return open_candidate(path, config)
@@ -353,6 +417,7 @@ def quick_structural_check(path: Path, config: Config) -> GateReport:
     report = GateReport(path=str(path))
     db = _structural(path, config, report, [
         lambda d: check_required_schema(d, config.gates.required),
+        check_virtual_tables,
     ])
     if db is None:
         return report

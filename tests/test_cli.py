@@ -93,7 +93,8 @@ def test_publish_makes_release_live_and_keeps_previous_ready(store: Env) -> None
     assert res1["outcome"] == "published" and res1["release_id"] == 1
     assert res1["slot"] == "blue" and res1["previous_release_id"] is None
     names = [c["name"] for c in res1["checks"]]
-    assert names[:4] == ["sqlite_file", "quick_check", "foreign_key_check", "required_schema"]
+    assert names[:5] == ["sqlite_file", "quick_check", "index_check", "foreign_key_check",
+                         "required_schema"]
     assert {"rows", "avg_confidence", "high_freq", "lookup_by_name"} <= set(names)
     assert all(c["outcome"] == "pass" for c in res1["checks"])
     for c in res1["checks"]:

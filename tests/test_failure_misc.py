@@ -179,9 +179,9 @@ patch("StateDB.add_release", before=locked)
 # -- item 13: the small ones -------------------------------------------------------
 
 
-@PENDING
 def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
-    db = published.make_db("bad\nname.db", sql="DELETE FROM tags_final;")
+    db = published.tmp / "bad\nname.db"
+    db.write_bytes(published.live.read_bytes())  # identical to live: the reason names it
     published.cli("publish", str(db), expect=1)
     out = published.run("history", "--limit", "1").stdout
     assert len(out.strip().splitlines()) == 1, out

@@ -17,7 +17,7 @@ import pytest
 from .conftest import RELEASER_BIN, Env
 
 # issue 11: reproductions land before their fixes; each fix removes its marker
-PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=False)
+PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=True)
 
 
 def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -> None:
@@ -39,7 +39,6 @@ def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -
     conn.close()
 
 
-@PENDING
 def test_stale_index_is_rejected_by_the_default_gates(published: Env) -> None:
     """Item 1: quick_check passes this file; the probe sees rows NOT INDEXED does not."""
     db = published.make_db("stale.db", seed=3)
@@ -61,7 +60,6 @@ def test_stale_index_is_rejected_by_the_default_gates(published: Env) -> None:
     assert "idx_tags_post_count" in ev["reason"]
 
 
-@PENDING
 def test_stale_text_index_is_rejected(published: Env) -> None:
     db = published.make_db("stale-text.db", seed=3)
     make_index_stale(db, "UPDATE tags_final SET sub_category = 'zz' || sub_category "
@@ -70,7 +68,6 @@ def test_stale_text_index_is_rejected(published: Env) -> None:
     assert "idx_tags_main_category" in res.stderr
 
 
-@PENDING
 def test_unknown_virtual_table_module_fails_a_gate(published: Env) -> None:
     """Item 13: no reader can open a table USING a module that is not available."""
     db = published.make_db("vtab.db", seed=3)
@@ -84,7 +81,6 @@ def test_unknown_virtual_table_module_fails_a_gate(published: Env) -> None:
     assert "spellfix1" in res.stderr and "fuzzy" in res.stderr
 
 
-@PENDING
 def test_check_returning_many_rows_is_an_error(published: Env) -> None:
     """Item 13: judged on the first row silently before; now an error naming the check."""
     published.write_config("""
@@ -97,7 +93,6 @@ fail = { min = 0 }
     assert "per_category" in res.stderr and "rows" in res.stderr
 
 
-@PENDING
 def test_config_sql_cannot_attach_or_create_files(published: Env, tmp_path: Path) -> None:
     """Item 13: ATTACH 'file:x?mode=rwc' in a check must not create x."""
     target = tmp_path / "created.db"
@@ -120,7 +115,6 @@ budget_ms = 100
     assert "attach" in res.stderr.lower()
 
 
-@PENDING
 def test_newline_in_a_sqlite_message_stays_one_line(published: Env) -> None:
     """Item 13: a table name with a newline in an error stays on one line."""
     published.write_config("""
@@ -134,7 +128,6 @@ fail = { min = 0 }
     assert len(error_lines) == 1 and "no\\nsuch" in error_lines[0], res.stderr
 
 
-@PENDING
 def test_candidate_needing_more_memory_than_the_heap_limit_is_rejected(
         published: Env) -> None:
     """Item 12: a generated column of zeroblob(300 MB) is rejected by a gate with a
@@ -158,7 +151,6 @@ fail = { min = 0 }
     assert (ev["action"], ev["outcome"]) == ("reject", "rejected")
 
 
-@PENDING
 def test_probe_returning_millions_of_rows_keeps_publish_memory_flat(published: Env) -> None:
     """Item 12: probe rows are counted while streaming, never all fetched."""
     published.write_config("""
