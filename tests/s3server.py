@@ -85,9 +85,12 @@ class WeedServer:
     def start(self, timeout: float = 60.0) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        # `weed mini` turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment
+        # into its only identity; without them any key works (what the tests expect)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.data_dir,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         log.close()
         try:
             self._wait_ready(timeout)
