@@ -11,6 +11,8 @@ In one run, on the same machine and the same (cached) file:
   rollback to the 1 GB release vs a 10 MB one   target ratio <= 1.2
   one monitor check (check_live, no hash, no integrity) on the 1 GB live release vs
   the seed-style check (COUNT(*) + AVG scan)    target <= 1/5
+  the integrity gate (quick_check + the index-vs-table check beside it) vs
+  quick_check alone                             target <= 2x; integrity_check shown
   `releaser --version` wall time vs `python -c 'import click'`   target <= 2x
   (`--startup-only` measures just that, in a few seconds)
 
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +154,60 @@ def startup_row(trials: int = 21) -> tuple[str, float, str, float, str, bool]:
             ratio <= 2.0)
 
 
+def integrity_rows(db_path: Path, trials: int = 3) -> list[tuple[str, float, str, float, str, bool]]:
+    """The integrity gate as publish runs it (quick_check, with the index-vs-table
+    check on its own connection beside it) against quick_check alone and the full
+    integrity_check, on the same file, in the same run."""
+    from releaser import gates
+    from releaser.db import ReadOnlyDB
+
+    timeout_ms = 3_600_000
+
+    def quick() -> float:
+        with ReadOnlyDB(db_path, timeout_ms) as db:
+            t0 = time.perf_counter()
+            assert gates.check_integrity(db, "quick", timeout_ms).outcome == gates.PASS
+            return time.perf_counter() - t0
+
+    def index_only() -> float:
+        with ReadOnlyDB(db_path, timeout_ms) as db:
+            t0 = time.perf_counter()
+            r = gates.check_indexes(db, timeout_ms)
+            assert r.outcome == gates.PASS, r.detail
+            return time.perf_counter() - t0
+
+    def gate() -> float:
+        with ReadOnlyDB(db_path, timeout_ms) as db, ReadOnlyDB(db_path, timeout_ms) as side, \
+                ThreadPoolExecutor(1) as pool:
+            t0 = time.perf_counter()
+            idx = pool.submit(gates.check_indexes, side, timeout_ms)
+            assert gates.check_integrity(db, "quick", timeout_ms).outcome == gates.PASS
+            assert idx.result().outcome == gates.PASS
+            return time.perf_counter() - t0
+
+    q, g, ix = [], [], []
+    for _ in range(trials):  # interleaved: the same machine load for each
+        q.append(quick())
+        g.append(gate())
+        ix.append(index_only())
+    with ReadOnlyDB(db_path, timeout_ms) as db:
+        t0 = time.perf_counter()
+        gates.check_integrity(db, "full", timeout_ms)
+        full = time.perf_counter() - t0
+    q_s, g_s, ix_s = med(q), med(g), med(ix)
+    print(f"integrity: quick_check {q_s:.2f} s, gate (quick_check + index check beside it) "
+          f"{g_s:.2f} s, index check alone {ix_s:.2f} s, integrity_check {full:.2f} s",
+          flush=True)
+    return [
+        ("integrity gate 1 GB (s)", g_s, f"quick_check {q_s:.2f} s", g_s / q_s, "<= 2.0",
+         g_s / q_s <= 2.0),
+        ("index check alone (s)", ix_s, f"quick_check {q_s:.2f} s", ix_s / q_s, "(info)",
+         True),
+        ("integrity_check 1 GB (s)", full, f"quick_check {q_s:.2f} s", full / q_s, "(info)",
+         True),
+    ]
+
+
 def print_rows(rows: list[tuple[str, float, str, float, str, bool]]) -> None:
     print(f"{'measure':<30} {'value':>10}  {'floor / baseline':<26} {'ratio':>7}  "
           f"{'target':<9} ok")
@@ -170,12 +227,19 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--startup-only", action="store_true",
                     help="only `releaser --version` against `import click`")
+    ap.add_argument("--integrity-only", action="store_true",
+                    help="only the integrity gate against quick_check and integrity_check")
     args = ap.parse_args()
     if args.startup_only:
         row = startup_row()
         print_rows([row])
         return 0 if row[-1] else 1
     OUT.mkdir(exist_ok=True)
+    if args.integrity_only:
+        big = candidate(args.rows, 1)
+        rows = integrity_rows(big)
+        print_rows(rows)
+        return 0 if all(r[-1] for r in rows) else 1
     big, small = candidate(args.rows, 1), candidate(args.small_rows, 1)
     work = OUT / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -234,6 +298,7 @@ def main() -> int:
         ("monitor check 1 GB (s)", med(monitor), f"seed-style {med(seed_style):.3f} s",
          med(monitor) / med(seed_style), "<= 0.2", med(monitor) / med(seed_style) <= 0.2),
         startup_row(),
+        *integrity_rows(big),
     ]
     size_mb = big.stat().st_size / 1e6
     print(f"\n{args.rows} rows, {size_mb:.0f} MB; {platform.node()}, "

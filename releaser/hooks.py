@@ -12,17 +12,20 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .config import Hook
 
 log = logging.getLogger("releaser.hooks")
 
-OUTPUT_KEPT = 2000  # characters of a hook's output kept for the log / error line
+OUTPUT_KEPT = 2000  # bytes of a hook's output kept for the log / error line
+READ_GRACE_S = 0.5  # after the hook exited, how long its output may still take to arrive
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,14 @@ def release_env(*, action: str, live_path: Path, release_id: int | None,
 
 
 def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -> HookResult:
-    """Run argv in its own process group; on timeout the whole group is killed."""
+    """Run argv in its own process group; its exit status decides.
+
+    Output is read on a thread as it comes and only its last OUTPUT_KEPT bytes kept
+    (a hook printing gigabytes costs no memory). A child the hook left in the
+    background may hold the pipe open: once the hook itself exited, its status is the
+    result and the reader is left to finish alone. On timeout, or when we are
+    interrupted (Ctrl-C, SIGTERM), the whole group is killed: no hook outlives us.
+    """
     t0 = time.perf_counter()
     full_env = {**os.environ, **env}
     try:
@@ -67,26 +77,49 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -
     except OSError as exc:
         return HookResult(tuple(argv), False, None, _ms(t0), "",
                           f"cannot run: {exc.strerror or exc}")
+    tail = bytearray()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_drain, args=(proc.stdout, tail), daemon=True,
+                              name="releaser-hook-output")
+    reader.start()
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        # a hook that forked children must not leave them behind
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, _ = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:  # a grandchild escaped the group and holds stdout
-            proc.kill()
-            out = b""
-        text = _tail(out)
-        return HookResult(tuple(argv), False, proc.returncode, _ms(t0), text,
+        _kill_group(proc)
+        reader.join(timeout=1.0)  # a grandchild outside the group may still hold the pipe
+        return HookResult(tuple(argv), False, proc.returncode, _ms(t0), _text(tail),
                           f"timed out after {timeout_s:g} s")
-    text = _tail(out)
+    except BaseException:
+        _kill_group(proc)  # interrupted: the hook must not outlive the command
+        raise
+    reader.join(timeout=READ_GRACE_S)
+    text = _text(tail)
     if proc.returncode != 0:
         last = text.strip().splitlines()[-1] if text.strip() else "no output"
         return HookResult(tuple(argv), False, proc.returncode, _ms(t0), text,
                           f"exit {proc.returncode}: {last[:300]}")
     return HookResult(tuple(argv), True, 0, _ms(t0), text)
+
+
+def _drain(pipe: IO[bytes], tail: bytearray) -> None:
+    """Read the hook's output to its end, keeping the last OUTPUT_KEPT bytes."""
+    try:
+        while chunk := pipe.read1(65536):
+            tail += chunk
+            if len(tail) > 2 * OUTPUT_KEPT:
+                del tail[:-OUTPUT_KEPT]
+    except (OSError, ValueError):
+        pass
+    finally:
+        with suppress(OSError):
+            pipe.close()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def run_hooks(kind: str, hooks: Sequence[Hook], env: dict[str, str], *,
@@ -115,9 +148,8 @@ def failures(kind: str, results: Sequence[HookResult]) -> list[str]:
     return [r.describe(kind) for r in results if not r.ok]
 
 
-def _tail(raw: bytes | None) -> str:
-    text = (raw or b"").decode("utf-8", "replace")
-    return text[-OUTPUT_KEPT:]
+def _text(tail: bytearray) -> str:
+    return bytes(tail[-OUTPUT_KEPT:]).decode("utf-8", "replace")
 
 
 def _ms(t0: float) -> float:
