@@ -60,6 +60,10 @@ EVENT_COUNTERS: dict[str, tuple[str, list[tuple[str, tuple[str, ...] | None]]]] 
     "releaser_auto_reverts": (
         "Automatic reverts by the monitor that changed the live release.",
         [("auto-revert", ("ok",))]),
+    "releaser_auto_revert_failures": (
+        "Automatic reverts that failed (an I/O or permission error; nothing swapped); "
+        "the monitor retries them with backoff.",
+        [("auto-revert", ("failed",))]),
 }
 
 # counter name -> (state.db counters row, help): every recorded health check, by the

@@ -16,7 +16,12 @@ previous good release; if a publish or rollback replaced it meanwhile, nothing
 is reverted. It is tried at most once per bad release (remembered here and read
 back from the event log after a restart): no flapping. When nothing is live, or
 there is nothing good to go back to, the live release stays, the monitor
-reports critical and keeps checking.
+reports critical and keeps checking. A revert that fails (an I/O or permission
+error: nothing was swapped) is not a settled attempt: it is recorded
+(`auto-revert`/`failed` with the reason, counted by
+releaser_auto_revert_failures_total), logged at error, and tried again on a
+later check of the same release, after 1, 2, 4... checks (at most
+RETRY_MAX_S), and at once after a restart.
 
 systemd: READY=1 after the first check, STATUS= with the live release,
 STOPPING=1 on SIGTERM, and WATCHDOG=1 (every WatchdogSec/2, from a thread) only
@@ -57,6 +62,8 @@ ACTOR = "monitor"
 # on SIGTERM, wait this long for an in-flight read-only check before leaving it;
 # an auto-revert in progress is always waited for (it is O(1))
 STOP_GRACE_S = 5.0
+# a failed auto-revert is retried after 1, 2, 4... checks, at most this far apart
+RETRY_MAX_S = 3600.0
 # the slowest sha256 a check's watchdog budget allows for (a slow disk)
 HASH_MIN_BYTES_PER_S = 50 * 1024 * 1024
 
@@ -82,6 +89,8 @@ class Monitor:
         self._force_hash = False
         self._force_integrity = False
         self._tried: set[int] = set()  # releases an auto-revert was attempted from
+        # release -> (failed revert attempts, checks to let pass before the next one)
+        self._retry: dict[int, tuple[int, int]] = {}
         self._ready_sent = False
         self._stop = threading.Event()
         self._idle = threading.Event()  # set while no check is running
@@ -196,6 +205,8 @@ class Monitor:
             self._tried.add(rid)
             self._set_critical(report, "an auto-revert was already attempted from it")
             return False
+        if self._retry_later(rid):
+            return False
         # the revert checks its target (probes, maybe a hash) under the lock
         self._arm_watchdog(self._budget_s(full_hash=True, integrity=False))
         self._reverting.set()
@@ -210,19 +221,46 @@ class Monitor:
             log.info("auto-revert skipped: %s", exc.message)
             return False
         except (ReleaserError, OSError) as exc:
-            self._tried.add(rid)
-            message = getattr(exc, "message", None) or str(exc)
-            self._set_critical(report, f"the auto-revert failed: {message}")
+            self._revert_failed(report, rid, getattr(exc, "message", None) or str(exc))
             return False
         finally:
             self._reverting.clear()
         self._tried.add(rid)
+        self._retry.pop(rid, None)
         if result is None:
             self._set_critical(report, "no earlier good release passes its check")
             return False
         log.error("auto-revert: live release %s -> %s (%s)", result.from_release_id,
                   result.release_id, "; ".join(report.reasons))
         return True
+
+    def _retry_later(self, rid: int) -> bool:
+        """After a failed revert from rid: True while its backoff has checks to run."""
+        attempts, wait = self._retry.get(rid, (0, 0))
+        if wait <= 0:
+            return False
+        self._retry[rid] = (attempts, wait - 1)
+        with self.stats.lock:
+            self.stats.critical = True
+        log.warning("live release %s is unhealthy; the auto-revert failed %d time(s), next "
+                    "try in %d check(s)", rid, attempts, wait)
+        return True
+
+    def _revert_failed(self, report: health.HealthReport, rid: int, message: str) -> None:
+        """Record, count and log a revert that failed; schedule its retry (backoff)."""
+        attempts = self._retry.get(rid, (0, 0))[0] + 1
+        cap = max(1, int(RETRY_MAX_S // max(self.mcfg.interval_s, 1e-3)))
+        wait = min(2 ** (attempts - 1), cap) - 1  # checks that pass before the next try
+        self._retry[rid] = (attempts, wait)
+        with self.stats.lock:
+            self.stats.critical = True
+        recorded = rollback.record_failed_revert(self.config, actor=ACTOR, from_release_id=rid,
+                                                 reasons=report.reasons, error=message)
+        log.error("auto-revert from release %s failed (attempt %d%s; retrying %s): %s; the "
+                  "unhealthy release stays live: %s", rid, attempts,
+                  "" if recorded else ", not recorded: state.db unwritable",
+                  "on the next check" if wait == 0 else f"after {wait + 1} checks", message,
+                  "; ".join(report.reasons))
 
     def _reverted_before(self, rid: int) -> bool:
         """An auto-revert event from this release exists (e.g. before a restart)."""

@@ -126,6 +126,31 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
             return None
 
 
+def record_failed_revert(config: Config, *, actor: str, from_release_id: int,
+                         reasons: list[str], error: str) -> bool:
+    """Record (and announce) an auto-revert that failed: nothing was swapped.
+
+    An `auto-revert`/`failed` event, from_release_id set, with the check's reasons and
+    the error; not a settled attempt (state.auto_reverted_from ignores it), so the
+    monitor tries again. Without the store lock: it is only an event, like a health
+    check, and the lock may be what failed. False when it cannot be written.
+    """
+    reason = f"{'; '.join(reasons)}; the revert failed: {error}"[:2000]
+    try:
+        with open_store(config) as ctx:
+            with ctx.state.transaction():
+                ctx.state.add_event("auto-revert", actor=actor, outcome="failed",
+                                    release_id=None, from_release_id=from_release_id,
+                                    reason=reason)
+            announce(ctx, "auto-revert", "failed", release_id=from_release_id,
+                     from_release_id=from_release_id,
+                     reasons=[*reasons, f"the revert failed: {error}"])
+    except Exception as exc:  # noqa: BLE001 - the caller logs the failure either way
+        log.warning("cannot record the failed auto-revert in state.db: %s", exc)
+        return False
+    return True
+
+
 def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | None,
                      action: str, mark_bad: bool = False,
                      detail: dict[str, Any] | None = None) -> RollbackResult:

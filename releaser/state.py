@@ -266,10 +266,11 @@ class StateDB:
         return [self._event(row) for row in self.conn.execute(sql, params).fetchall()]
 
     def auto_reverted_from(self, release_id: int) -> bool:
-        """An auto-revert away from this release was attempted (ok or not)."""
+        """An auto-revert away from this release was settled (ok, no-target, refused);
+        one that failed (nothing swapped, an I/O or permission error) is tried again."""
         return self.conn.execute(
-            "SELECT 1 FROM events WHERE action='auto-revert' AND from_release_id=? LIMIT 1",
-            (release_id,)).fetchone() is not None
+            "SELECT 1 FROM events WHERE action='auto-revert' AND from_release_id=?"
+            " AND outcome <> 'failed' LIMIT 1", (release_id,)).fetchone() is not None
 
     def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
         sql = "SELECT COUNT(*) FROM events WHERE action=?"

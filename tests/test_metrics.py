@@ -33,7 +33,7 @@ NAMES = {
     "releaser_health_checks_total", "releaser_health_check_failures_total",
     "releaser_health_check_last_success_timestamp_seconds", "releaser_publishes_total",
     "releaser_publish_failures_total", "releaser_rollbacks_total",
-    "releaser_auto_reverts_total",
+    "releaser_auto_reverts_total", "releaser_auto_revert_failures_total",
 }
 
 
@@ -189,6 +189,8 @@ tests:
         values: '0 0 0 1 1'
       - series: 'releaser_publish_failures_total{{instance="h:9464",job="releaser-monitor"}}'
         values: '0 0 0 0 0'
+      - series: 'releaser_auto_revert_failures_total{{instance="h:9464",job="releaser-monitor"}}'
+        values: '0 0 0 1 1'
       - series: 'releaser_analysis_evaluations_total{{instance="h:9464",job="releaser-monitor",analysis="error_rate",outcome="inconclusive"}}'
         values: '0 2 4 6 8'
     alert_rule_test:
@@ -203,6 +205,13 @@ tests:
       - eval_time: 4m
         alertname: ReleaserPublishFailures
         exp_alerts: []
+      - eval_time: 2m
+        alertname: ReleaserAutoRevertFailed
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: ReleaserAutoRevertFailed
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: "h:9464", job: releaser-monitor}}
       - eval_time: 4m
         alertname: ReleaserAnalysisInconclusive
         exp_alerts:
