@@ -8,7 +8,8 @@ README names, install again, `sudo -u releaser releaser init`, two publishes,
 /healthz is 200; the watcher publishes a file renamed into the inbox; the sandbox
 refuses writes outside ReadWritePaths=; a damaged live file is reverted by the
 service (User=releaser) and /healthz is 200 again; the watchdog restarts a
-SIGSTOPped monitor; a second `make install-systemd` keeps config and store, and
+SIGSTOPped monitor; a revert that fails (live folder not
+writable) is recorded and retried; a second `make install-systemd` keeps config and store, and
 `make uninstall-systemd` leaves the store and its releases in place.
 
 Runs as root on Linux with systemd-nspawn and debootstrap (`.ci/run` installs them and
@@ -253,6 +254,36 @@ def step_the_watchdog_restarts_a_stopped_monitor(box: Box) -> None:
     box.sh(f"rm {dropin} && systemctl daemon-reload")
 
 
+def _has_event(outcome: str, from_release: int) -> str:
+    """A shell test: history has an auto-revert with this outcome from this release."""
+    return ("sudo -u releaser releaser history --json --limit 20 | python3 -c 'import json, "
+            "sys; sys.exit(0 if any(e[\"action\"] == \"auto-revert\" and e[\"outcome\"] == "
+            f"\"{outcome}\" and e[\"from_release_id\"] == {from_release} "
+            "for e in json.load(sys.stdin)) else 1)'")
+
+
+def step_a_failed_revert_is_recorded_and_retried(box: Box) -> None:
+    """The issue's failure, on purpose: the live folder root's, so User=releaser cannot
+    swap. The failure is an event and an error in the journal; once the folder is
+    writable again a later check's retry reverts."""
+    live_dir = os.path.dirname(LIVE)
+    box.sh(f"chown root:root {live_dir}")
+    target = box.sh(f"readlink -f {LIVE}").strip()
+    box.sh(f"printf 'damaged again' | dd of={target} bs=1 seek=0 conv=notrunc status=none")
+    box.wait(_has_event("failed", 2), timeout=60, what="an auto-revert/failed event")
+    failed = [e for e in box.releaser_json("history", "--limit", "20")  # type: ignore[union-attr]
+              if e["action"] == "auto-revert" and e["outcome"] == "failed"]
+    assert "Permission denied" in failed[0]["reason"], failed
+    assert "auto-revert from release 2 failed" in box.sh(
+        f"journalctl -u {MONITOR} -p err --no-pager -o cat")
+    assert box.healthz() == "503"
+    box.sh(f"chown releaser:releaser {live_dir}")
+    box.wait(_has_event("ok", 2), timeout=60, what="the retried auto-revert")
+    assert box.releaser_json("status")["live"]["release_id"] == 1  # type: ignore[index]
+    box.wait(f"curl -sf -m 5 -o /dev/null http://127.0.0.1:{box.port}/healthz",
+             timeout=30, what="/healthz 200 after the retried revert")
+
+
 def step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box: Box) -> None:
     def fingerprint() -> tuple[str, str, str]:
         conf = hashlib.sha256((box.c.tree / CONF.lstrip("/")).read_bytes()).hexdigest()
@@ -284,4 +315,5 @@ def test_a_fresh_install_under_systemd_works_end_to_end(box: Box) -> None:
     step_writes_outside_the_allowed_paths_fail(box)
     step_a_damaged_live_file_is_auto_reverted_by_the_service(box)
     step_the_watchdog_restarts_a_stopped_monitor(box)
+    step_a_failed_revert_is_recorded_and_retried(box)
     step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box)
