@@ -18,7 +18,7 @@ from .config import Config
 from .db import ReadOnlyDB
 from .staging import sha256_file
 from .state import Release, StateDB
-from .store import Store
+from .store import Store, release_id_of
 
 
 @dataclass
@@ -62,8 +62,9 @@ def check_live(
 
 def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
            integrity: bool) -> HealthReport:
+    # live_path is resolved once: a swap during the check must not mix two releases
     target = store.live_target()
-    rid = store.live_release_id()
+    rid = release_id_of(target) if target is not None and store.slot_of(target) else None
     report = HealthReport(ok=False, release_id=rid, path=str(target) if target else None)
     if target is None:
         if store.live_path.exists():
@@ -78,26 +79,27 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
     if release is None:
         report.reasons.append(f"live release {rid} has no record in {state.path}")
         return report
-    if not _identity_ok(report, store.live_path, release, state):
+    assert target is not None
+    if not _identity_ok(report, target, release, state):
         return report
 
-    file_result = gates.check_file(store.live_path)
+    file_result = gates.check_file(target)
     report.results.append(file_result)
     if file_result.outcome != gates.PASS:
         report.reasons.append(file_result.reason())
         return report
     if full_hash:
         report.hashed = True
-        digest = sha256_file(store.live_path)
+        digest = sha256_file(target)
         if digest != release.sha256:
             report.reasons.append(
                 f"live file sha256 {digest[:12]}… differs from release {rid}'s "
                 f"{release.sha256[:12]}…: it was modified in place")
             return report
     try:
-        db = ReadOnlyDB(store.live_path, config.gates.query_timeout_ms)
+        db = ReadOnlyDB(target, config.gates.query_timeout_ms)
     except Exception as exc:  # noqa: BLE001 - any open failure is a failed check
-        report.reasons.append(f"cannot open {store.live_path}: {exc}")
+        report.reasons.append(f"cannot open {target}: {exc}")
         return report
     with db:
         steps = []

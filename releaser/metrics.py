@@ -92,6 +92,8 @@ class CheckStats:
     consecutive_failures: int = 0
     # unhealthy and no revert will happen (no good release, or already tried)
     critical: bool = False
+    # checks that crashed on a monitor bug (not counted against any release)
+    monitor_faults: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -103,6 +105,7 @@ class CheckStats:
                 "consecutive_failures": self.consecutive_failures,
                 "critical": self.critical,
                 "last_success_ts": self.last_success_ts,
+                "monitor_faults": self.monitor_faults,
             }
 
 
@@ -140,6 +143,11 @@ class ReleaserCollector(Collector):
             "releaser_live_critical",
             "1 when the live release is unhealthy and no automatic revert will happen.",
             value=1.0 if s["critical"] else 0.0)
+        yield CounterMetricFamily(
+            "releaser_monitor_faults",
+            "Checks that failed on a monitor bug, not on the release (never reverted; the "
+            "watchdog pings stop so systemd restarts the monitor).",
+            value=s["monitor_faults"])
         if s["last_success_ts"] is not None:
             yield GaugeMetricFamily(
                 "releaser_health_check_last_success_timestamp_seconds",

@@ -8,8 +8,12 @@ except every hash_every-th check (full sha256) and every integrity_every-th
 so a fault only the hash can see keeps counting as a failure.
 
 Every check belongs to the release live when it started (read first: a
-readlink); a check that cannot run at all (an I/O error, state.db unreadable)
-is a failed check of that release, recorded like any other. After
+readlink); a check that cannot run for a reason about the release or its files
+(a SQLite error, an I/O error, a time limit, an identity mismatch) is a failed
+check of that release, recorded like any other. Any other exception is a monitor
+fault (a bug): logged CRITICAL, counted in releaser_monitor_faults_total, never
+charged to a release nor reverted, and the watchdog pings stop for good, so
+systemd restarts the monitor. After
 failures_before_revert failed checks in a row of the same live release,
 rollback.revert_live(expect_live=that release) marks it bad and swaps to the
 previous good release; if a publish or rollback replaced it meanwhile, nothing
@@ -41,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -51,6 +56,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 
 from . import analysis_watch, health, rollback, sdnotify, session
 from .config import Config
+from .db import QueryTimeout
 from .errors import LockBusy, ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
 from .schedule import MonotonicInterval, SteadyScheduler
@@ -59,6 +65,8 @@ from .store import Store
 log = logging.getLogger("releaser.monitor")
 
 ACTOR = "monitor"
+# exceptions that say something about the live release or its files: a failed check
+ABOUT_THE_RELEASE = (sqlite3.Error, OSError, QueryTimeout, ReleaserError)
 # on SIGTERM, wait this long for an in-flight read-only check before leaving it;
 # an auto-revert in progress is always waited for (it is O(1))
 STOP_GRACE_S = 5.0
@@ -96,6 +104,7 @@ class Monitor:
         self._idle = threading.Event()  # set while no check is running
         self._idle.set()
         self._reverting = threading.Event()
+        self._faulted = False  # a monitor bug happened: the watchdog stays unfed
         # [analysis]: the app's metrics for watch_s after each publish (a second job)
         self.analysis = analysis_watch.AnalysisWatch(config, on_measure=self._count_analysis)
         # WATCHDOG=1 is sent while time.monotonic() is before this (see the docstring)
@@ -120,11 +129,21 @@ class Monitor:
             self._arm_watchdog(self.mcfg.interval_s + self.mcfg.misfire_grace_s)
             self._notify_after_check(report)
             return report
-        except Exception:  # noqa: BLE001 - a monitor bug must not stop the schedule
-            log.exception("monitor: check crashed")
+        except Exception as exc:  # noqa: BLE001 - a monitor bug must not stop the schedule
+            self._fault(exc)
             raise
         finally:
             self._idle.set()
+
+    def _fault(self, exc: Exception) -> None:
+        """A bug in the monitor, not a fault of the release: never charged, never reverted."""
+        with self.stats.lock:
+            self.stats.monitor_faults += 1
+        self._faulted = True
+        self._deadline = 0.0  # no more WATCHDOG=1: systemd restarts a faulty monitor
+        log.critical("monitor fault (a bug, not the live release): %s: %s; not counted "
+                     "against any release; watchdog pings stopped", type(exc).__name__, exc,
+                     exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _check(self) -> health.HealthReport:
         n = self._n
@@ -142,7 +161,7 @@ class Monitor:
                 try:
                     report = health.check_live(self.config, ctx.store, ctx.state,
                                                full_hash=full_hash, integrity=integrity)
-                except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failure
+                except ABOUT_THE_RELEASE as exc:  # a check that cannot run is a failure
                     report = _could_not_run(live_id, exc, t0)
                 try:
                     ctx.state.add_health_check(
@@ -150,7 +169,7 @@ class Monitor:
                         duration_ms=report.duration_ms, actor=ACTOR, reasons=report.reasons)
                 except Exception as exc:  # noqa: BLE001 - recording is best effort
                     log.warning("cannot record the health check in state.db: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - no state.db to check against: a failure
+        except ABOUT_THE_RELEASE as exc:  # no state.db to check against: a failure
             if report is None:
                 report = _could_not_run(live_id, exc, t0)
         # a fault only a full pass sees must keep failing until that pass is clean
@@ -313,7 +332,9 @@ class Monitor:
         return f"live release {rid} {word} (check {self.stats.checks_total})"
 
     def _notify_after_check(self, report: health.HealthReport) -> None:
-        msgs = [f"STATUS={self._status_line(report)}", "WATCHDOG=1"]
+        msgs = [f"STATUS={self._status_line(report)}"]
+        if self._checks_completing():
+            msgs.append("WATCHDOG=1")
         if not self._ready_sent:
             msgs.insert(0, "READY=1")
             self._ready_sent = True
@@ -333,7 +354,8 @@ class Monitor:
         return budget + self.mcfg.misfire_grace_s
 
     def _arm_watchdog(self, seconds: float) -> None:
-        self._deadline = time.monotonic() + seconds
+        if not self._faulted:
+            self._deadline = time.monotonic() + seconds
 
     def _checks_completing(self) -> bool:
         return time.monotonic() < self._deadline

@@ -62,6 +62,9 @@ class FileIdentity:
 
 class Store:
     def __init__(self, root: Path, live_path: Path) -> None:
+        # absolute (as spelled, not resolved): a relative root used from another working
+        # directory, or written into the symlink, would name another place
+        root, live_path = Path(os.path.abspath(root)), Path(os.path.abspath(live_path))
         self.root = root
         self.live_path = live_path
         self.slots_dir = root / "slots"
@@ -125,10 +128,17 @@ class Store:
         return p if p.is_absolute() else (self.live_path.parent / p)
 
     def slot_of(self, path: Path | None) -> str | None:
+        """The slot whose folder holds path, compared resolved: the same store reached
+        through a symlinked parent or another spelling is still this store."""
         if path is None:
             return None
+        parent = path.parent
         for slot in SLOTS:
-            if path.parent == self.slot_dir(slot):
+            if parent == self.slot_dir(slot):
+                return slot
+        real = os.path.realpath(parent)
+        for slot in SLOTS:
+            if real == os.path.realpath(self.slot_dir(slot)):
                 return slot
         return None
 

@@ -29,7 +29,6 @@ PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=False)
 # -- item 2: the same store through another spelling of its path ---------------
 
 
-@PENDING
 def test_store_reached_through_a_symlinked_parent_is_the_same_store(published: Env) -> None:
     alias = published.tmp.parent / f"{published.tmp.name}-alias"
     alias.symlink_to(published.tmp)
