@@ -312,18 +312,32 @@ class Store:
             os.close(fd)
 
     def lock_holder(self) -> dict[str, object] | None:
-        """The recorded holder, if that process is still alive."""
+        """The recorded holder, if the lock is held now.
+
+        The flock itself is probed, not the recorded pid: a holder killed by SIGKILL
+        leaves its record behind, and its pid may belong to another process by now.
+        """
         try:
-            raw = self.lock_path.read_text()
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # held: read who holds it
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None  # nobody holds it, whatever the file says
+            raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
             info = json.loads(raw) if raw.strip() else None
-        except (OSError, ValueError):
+        except ValueError:
             return None
         if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
             return None
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return None  # a holder killed by SIGKILL: the kernel released its flock
-        except PermissionError:
-            pass
         return info

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import stat
 import threading
 import time
@@ -227,6 +228,10 @@ class Watcher:
                      self.config.watch.lock_retry_s)
             sdnotify.notify(f"STATUS=waiting for the store lock ({path.name})")
             return self.config.watch.lock_retry_s
+        except sqlite3.OperationalError as exc:
+            # state.db locked or briefly unwritable: not the build's fault, try it later
+            return self._transient_failure(path, ident, StoreIOError(
+                f"{self.config.root / 'state.db'}: {exc}"))
         except (GateFailed, StoreIOError) as exc:
             if _is_transient(exc):
                 return self._transient_failure(path, ident, exc)
@@ -293,6 +298,7 @@ class Watcher:
             now = _identity(path)
             if ident is not None and now != ident:
                 raise _Replaced
+            (self.inbox / folder).mkdir(exist_ok=True)  # the inbox may have been recreated
             dest = _free_name(self.inbox / folder, path.name)
             os.rename(path, dest)
             if ident is not None and _identity(dest) != ident:
@@ -347,11 +353,20 @@ class Watcher:
         next_scan = time.monotonic() + RESCAN_S
         ping_s = sdnotify.watchdog_interval_s()  # WatchdogSec= in the unit, if set
         next_ping = time.monotonic()
+        inbox_id = _folder_id(self.inbox)
         try:
             while not self.stop_event.wait(tick):
                 if ping_s and time.monotonic() >= next_ping:
                     sdnotify.notify("WATCHDOG=1")
                     next_ping = time.monotonic() + ping_s
+                if (now_id := _folder_id(self.inbox)) != inbox_id and now_id is not None:
+                    # moved away and recreated: watch the new folder, with its done/ and
+                    # rejected/ (the old watch follows the old inode)
+                    log.warning("%s: the inbox folder was replaced; watching the new one",
+                                self.inbox)
+                    inbox_id = now_id
+                    self._recreated(observer)
+                    next_scan = 0.0
                 if time.monotonic() >= next_scan:
                     self.scan()
                     next_scan = time.monotonic() + RESCAN_S
@@ -368,6 +383,27 @@ class Watcher:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _recreated(self, observer: Any) -> None:
+        for d in (self.inbox / DONE, self.inbox / REJECTED):
+            try:
+                d.mkdir(exist_ok=True)
+            except OSError as exc:
+                log.error("%s: cannot create it: %s", d, exc.strerror)
+        try:
+            observer.unschedule_all()
+            observer.schedule(_Handler(self), str(self.inbox), recursive=False)
+        except OSError as exc:
+            log.error("%s: cannot watch it: %s; rescanning every %g s instead", self.inbox,
+                      exc.strerror or exc, RESCAN_S)
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 class _Replaced(Exception):

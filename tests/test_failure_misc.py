@@ -125,7 +125,6 @@ after_swap = [{{ argv = ["{sys.executable}", "{script}"], timeout_s = 60 }}]
 # -- item 11: status probes the flock, not the pid --------------------------------
 
 
-@PENDING
 def test_status_ignores_a_lock_file_naming_a_live_pid_that_holds_no_lock(
         published: Env) -> None:
     lock = published.root / "lock"
@@ -143,12 +142,12 @@ def test_status_ignores_a_lock_file_naming_a_live_pid_that_holds_no_lock(
 # -- item 9: state.db briefly locked is not a rejection ---------------------------
 
 
-@PENDING
 def test_watch_retries_when_state_db_is_briefly_locked(published: Env) -> None:
     inbox = published.tmp / "inbox"
     inbox.mkdir()
     published.write_config(f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.2\nlock_retry_s = 0.2\n')
     once = """
+import sqlite3
 calls = [0]
 def locked(*a, **k):
     calls[0] += 1
@@ -184,7 +183,6 @@ def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
     assert "bad\\nname.db" in out
 
 
-@PENDING
 def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
         published: Env) -> None:
     inbox = published.tmp / "inbox"
