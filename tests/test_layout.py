@@ -121,3 +121,10 @@ def test_every_declared_dependency_is_imported_by_the_package() -> None:
     dists = importlib.metadata.packages_distributions()
     used = {_canonical(d) for mod in imported for d in dists.get(mod, ())}
     assert declared - used == set(), "declared but never imported by releaser"
+
+
+def test_every_module_opens_with_a_docstring() -> None:
+    """Each module states its job and the rules it keeps before any code."""
+    bare = [str(p.relative_to(REPO)) for p in sorted(PACKAGE.rglob("*.py"))
+            if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert bare == []
