@@ -383,6 +383,8 @@ def rollback(to: str | None, expect_live: str | None, reason: str | None, wait_s
     if as_json:
         emit_json(result.as_dict())
         return
+    for line in result.skipped:
+        click.echo(line)
     click.echo(f"rolled back to release {result.release_id} (slot {result.slot}, sha256 "
                f"{result.sha256[:12]}…) from release {result.from_release_id} in "
                f"{result.duration_ms:.1f} ms")

@@ -64,10 +64,13 @@ class RollbackResult:
     sha256: str
     reason: str | None
     duration_ms: float = 0.0
+    # good releases passed over on the way back (their files are gone)
+    skipped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "outcome": "ok",
+            "skipped": self.skipped,
             "action": self.action,
             "release_id": self.release_id,
             "from_release_id": self.from_release_id,

@@ -157,8 +157,11 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
     t0 = time.perf_counter()
     store, state = ctx.store, ctx.state
     live_id = store.live_release_id()
+    skipped: list[str] = []
     if to is None:
-        target = previous_release(ctx, live_id)
+        target = previous_release(ctx, live_id, skipped)
+        for line in skipped:
+            log.warning("%s: %s", action, line)
         if target is None:
             raise _nothing_older(ctx, live_id)
     else:
@@ -226,7 +229,8 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
                           f"swap: release {target.id} is live, recorded in history")
     return RollbackResult(action=action, release_id=target.id, from_release_id=live_id,
                           slot=slot, sha256=target.sha256, reason=reason,
-                          duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+                          duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+                          skipped=skipped)
 
 
 def _nothing_older(ctx: Context, live_id: int | None) -> NothingToRollback:

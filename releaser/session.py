@@ -60,9 +60,13 @@ def file_of(store: Store, release_id: int) -> Path | None:
     return archived if archived.exists() else None
 
 
-def previous_release(ctx: Context, live_id: int | None) -> Release | None:
+def previous_release(ctx: Context, live_id: int | None,
+                     skipped: list[str] | None = None) -> Release | None:
     """The release live before the current one: newest first, skipping bad ones,
-    ones no longer on disk, and ones that were themselves rolled back from."""
+    ones no longer on disk, and ones that were themselves rolled back from.
+
+    skipped: gets one line per good release passed over because its file is gone
+    (the caller says so: the user expected that one)."""
     rolled_back: set[int] = set()
     seen: set[int] = set()
     for event in ctx.state.live_transitions():
@@ -73,8 +77,12 @@ def previous_release(ctx: Context, live_id: int | None) -> Release | None:
             continue
         seen.add(rid)
         rel = ctx.state.release(rid)
-        if rel is not None and rel.status == "good" and file_of(ctx.store, rid) is not None:
-            return rel
+        if rel is not None and rel.status == "good":
+            if file_of(ctx.store, rid) is not None:
+                return rel
+            if skipped is not None:
+                skipped.append(f"skipped release {rid}: its file is no longer in the store "
+                               "(slots or archive)")
     return None
 
 

@@ -18,13 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from . import faults
 from .conftest import RELEASER_BIN, Env, config_text
-
-# issue 11: reproductions land before their fixes; each fix removes its marker
-PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=False)
 
 # -- item 2: the same store through another spelling of its path ---------------
 
@@ -208,7 +203,6 @@ def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
         proc.communicate(timeout=30)
 
 
-@PENDING
 def test_rollback_says_which_releases_it_skipped_because_their_files_are_gone(
         published: Env) -> None:
     published.cli("publish", str(published.make_db("three.db", seed=3)))

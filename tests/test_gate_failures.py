@@ -12,12 +12,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from .conftest import RELEASER_BIN, Env
-
-# issue 11: reproductions land before their fixes; each fix removes its marker
-PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=True)
 
 
 def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -> None:

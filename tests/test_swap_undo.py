@@ -22,9 +22,6 @@ from . import faults
 from .conftest import RELEASER_BIN, Env
 from .test_verify_hooks import lines, recorder
 
-# issue 11: reproductions land before their fixes; each fix removes its marker
-PENDING = pytest.mark.xfail(reason="issue 11 fix pending", strict=True)
-
 
 def _hooks(env: Env, extra: str = "") -> tuple[Path, Path]:
     after, after_out = recorder(env, "after")
