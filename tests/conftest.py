@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from releaser.cli import cli
+from tests.promserver import prom_stack  # noqa: F401 - a session fixture (analysis)
 from tests.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent

@@ -288,8 +288,10 @@ class Stack:
     prom: PromServer
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="session")
+def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One Prometheus and test app per session (per xdist worker): registered in
+    conftest.py, so both analysis test modules share them."""
     need_prometheus()
     app = TestApp()
     prom = PromServer(tmp_path_factory.mktemp("prom"), [app.target])
@@ -298,6 +300,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         prom.stop()
         app.close()
+
+
+@pytest.fixture
+def stack(prom_stack: Stack) -> Stack:
+    return prom_stack
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Release analysis against a real Prometheus scraping a real test app.
 
-One Prometheus (1 s scrapes) and one app per module; each test points the app at
-its own live_path and sets the fault it needs.
+One Prometheus (1 s scrapes) and one app per test session (xdist worker); each test
+has a host of the app of its own and sets the fault it needs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from . import promserver
 from .conftest import DEFAULT_CONFIG, Env
 from .promserver import Fault, LoadGen, PromServer, Stack, VHost, free_port
 
-# fixtures: one Prometheus and app per module; prom; app, a host of the test's own
+# fixtures: the session's Prometheus and app; prom; app, a host of the test's own
 stack, prom, app = promserver.stack, promserver.prom, promserver.app
 
 # the share of 5xx answers of the app on {host} over the last 5 s (0 when none)

@@ -26,7 +26,7 @@ from .conftest import Env
 from .monitorproc import MonitorProc, set_config, wait_for
 from .promserver import Fault, LoadGen, PromServer, Stack, VHost
 
-stack = promserver.stack  # fixture: one Prometheus and app per module
+stack = promserver.stack  # fixture: the session's Prometheus and app
 
 # the share of 5xx answers of the release on this test's host, over 5 s
 ERROR_RATE = ('(sum(rate(http_requests_total{{host="{host}",release="{{release_id}}",'
@@ -150,7 +150,7 @@ def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
     store.cli("publish", str(store.make_db("one.db", seed=1)))
     own = PromServer(tmp_path / "own-prom", [stack.app.target]).start()
     # a query with an answer whatever the app does: only Prometheus matters here
-    store.write_config(analysis_toml(own.url, "vector(0)", window_s=2.5, interval_s=0.5,
+    store.write_config(analysis_toml(own.url, "vector(0)", window_s=1.5, interval_s=0.3,
                                      inconclusive_limit=2))
     try:
         [m] = store.cli_json("analyze")["measurements"]  # type: ignore[index]
@@ -172,7 +172,7 @@ def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
     # the monitor watching release 2: inconclusive, counted, never a revert
     monitor = Monitor(load_config(store.config))
     for _ in range(4):
-        time.sleep(0.6)
+        time.sleep(0.35)
         assert monitor.analysis_once() is False
     assert store.status()["live"]["release_id"] == 2
     assert not [e for e in store.history() if e["action"] == "auto-revert"]
