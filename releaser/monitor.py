@@ -54,7 +54,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from . import analysis_watch, health, rollback, sdnotify, session
+from . import analysis_watch, health, notify, rollback, sdnotify, session
 from .config import Config
 from .db import QueryTimeout
 from .errors import LockBusy, ReleaserError
@@ -454,6 +454,7 @@ class Monitor:
             self.server.stop()
         if not clean:
             log.warning("left a check running after %g s to stop in time", STOP_GRACE_S)
+            notify.flush_at_exit()  # os._exit skips atexit: webhooks in flight go out first
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()

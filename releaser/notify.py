@@ -101,8 +101,9 @@ def flush(timeout_s: float | None = None) -> bool:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
-    """Before the process ends: let deliveries in flight finish, within a bound."""
+def flush_at_exit() -> None:
+    """Before the process ends: let deliveries in flight finish, within a bound.
+    (Registered with atexit; call it before an os._exit, which skips atexit.)"""
     with _pending_lock:
         if not _pending:
             return

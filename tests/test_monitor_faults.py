@@ -83,3 +83,35 @@ def test_a_swap_during_a_check_does_not_fail_the_release_checked(published: Env)
     assert os.path.realpath(env.live) == other  # the swap did happen
     (check,) = [c for c in health_checks(env)]
     assert check["ok"] and check["release_id"] == 2, check
+
+
+# a check that announces something, then hangs past the stop grace (0.3 s here)
+ANNOUNCE_THEN_HANG = """
+import releaser.monitor as monitor_module
+from releaser import notify
+monitor_module.STOP_GRACE_S = 0.3
+def announce_and_hang(config, store, state, **kw):
+    notify.send(config.notify, notify.payload("auto-revert", "ok", release={"id": 1},
+                                              live_path=str(config.live_path)))
+    time.sleep(60)
+patch("check_live", before=announce_and_hang)
+"""
+
+
+def test_monitor_leaving_a_stuck_check_still_delivers_webhooks_in_flight(
+        published: Env) -> None:
+    """Item 11: the exit that abandons a stuck check (os._exit) used to drop them."""
+    from .test_notify import Receiver
+
+    rec = Receiver(fail_first=1, fail_delay_s=0.5)  # in flight for > 1 s: 500, then retry
+    try:
+        set_config(published, extra=f'[[notify.webhook]]\nurl = "{rec.url}"\n'
+                                    "retry_delay_s = 0.5\n")
+        with MonitorProc(published, "-v", "monitor", setup=ANNOUNCE_THEN_HANG) as mon:
+            mon.wait_listening()
+            wait_for("the first delivery attempt", lambda: rec.attempts >= 1, proc=mon)
+            assert mon.stop() == 0
+        assert [b["action"] for b in rec.bodies] == ["auto-revert"], mon.stderr()
+    finally:
+        rec.server.shutdown()
+        rec.server.server_close()
