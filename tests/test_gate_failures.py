@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from . import faults
 from .conftest import RELEASER_BIN, Env
 
 
@@ -169,3 +170,24 @@ def _peak_rss_kib(env: Env, *args: str) -> int:
     _, _status, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0
     return usage.ru_maxrss
+
+
+def test_gates_stop_the_background_scans_when_they_fail_early(published: Env) -> None:
+    """Item 11: an exception in the structural gates interrupts the [[checks]] thread
+    instead of waiting for its full-table query (here one that would run 120 s)."""
+    published.write_config("""
+[[checks]]
+name = "endless"
+sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+fail = { min = 0 }
+""")
+    text = published.config.read_text().replace("query_timeout_ms = 5000",
+                                                "query_timeout_ms = 120000")
+    published.config.write_text(text)
+    boom = 'patch("check_foreign_keys", before=lambda *a, **k: 1 / 0)'
+    proc = subprocess.run(
+        faults.argv("--config", str(published.config), "validate",
+                    str(published.make_db("x.db", seed=3)), setup=boom),
+        capture_output=True, text=True, timeout=60)  # a hang, not a speed, is the failure
+    assert proc.returncode == 5, proc.stderr
+    assert "ZeroDivisionError" in proc.stderr
