@@ -31,7 +31,7 @@ from .errors import UsageError
 from .files import fsync_dir
 from .journal import Journal, JournalRead
 from .state import SCHEMA, StateDB
-from .store import SLOTS, STAGING_PREFIX, Store
+from .store import STAGING_PREFIX, Store
 
 COMPARED = ("sha256", "size", "status", "published_at")
 

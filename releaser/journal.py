@@ -85,7 +85,7 @@ class Journal:
         if degraded:
             _touch_durably(self.marker)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if not created and _ends_torn(fd):
                 data = b"\n" + data  # never glue a new line to a torn one

@@ -33,7 +33,7 @@ from typing import Any
 from . import holders, manifest, rebuild
 from .db import SQLITE_MAGIC
 from .errors import LockBusy, StoreIOError
-from .journal import Journal, event_entry, release_entry
+from .journal import Journal, event_entry, new_uid, release_entry
 from .state import StateDB
 from .store import Store
 
@@ -280,3 +280,19 @@ def _bootstrap(state: StateDB, store: Store, journal: Journal) -> list[str]:
         state.refresh_manifest(rid)
     return [f"journal started: {len(releases)} release(s) and {len(events)} event(s) from "
             "state.db"]
+
+
+def journal_only_event(store: Store, action: str, *, actor: str, outcome: str,
+                       release_id: int | None = None, from_release_id: int | None = None,
+                       reason: str | None = None) -> None:
+    """Record an event that state.db refused after the fact (a swap already happened):
+    in the journal, marked degraded, so the next command that can write state.db
+    imports it. Raises OSError if the journal cannot take it either."""
+    from .state import utcnow
+
+    row = {"at": utcnow(), "action": action, "release_id": release_id,
+           "from_release_id": from_release_id, "actor": actor, "reason": reason,
+           "outcome": outcome, "detail": None}
+    Journal(store.root).append([event_entry(row, new_uid())], degraded=True)
+    log.warning("%s: could not record %s %s in state.db; journalled it instead: %s",
+                store.state_path, action, outcome, REPAIR_HINT)
