@@ -81,10 +81,12 @@ class ReleaserGroup(click.Group):
             # anything SQLite that escapes the gates is about state.db (e.g. locked)
             if _debug(ctx):
                 raise
+            from .statefile import BUSY_TIMEOUT_S, classify
+
             settings = ctx.find_object(Settings)
-            where = (settings.config.root / "state.db") if settings else "state.db"
-            raise _click_error(f"{where}: {exc}; retry, or see who holds it with "
-                               "`fuser`", EXIT_IO) from None
+            where = Path(settings.config.root / "state.db" if settings else "state.db")
+            problem = classify(where, exc, BUSY_TIMEOUT_S)
+            raise _click_error(problem.message, problem.exit_code) from None
         except OSError as exc:
             if _debug(ctx):
                 raise
@@ -729,6 +731,47 @@ def monitor(interval_s: float | None, listen: str | None) -> None:
         assert isinstance(mcfg, MonitorConfig)
         config = dataclasses.replace(config, monitor=mcfg)
     sys.exit(run_monitor(config, announce=click.echo))
+
+
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Rebuild a missing, empty or damaged state.db from the journal and the "
+                   "manifests, import journalled events, rewrite manifests, reconcile.")
+@wait_option
+@json_option
+def fsck(repair: bool, wait_s: float, as_json: bool) -> None:
+    """Check that state.db, the journal, the manifests, the files and live agree.
+
+    Read-only: prints each disagreement; exit 0 when clean, 1 when something
+    is wrong. With --repair (under the store lock): a missing, empty or
+    damaged state.db is kept aside as state.db.corrupt-TIME and rebuilt from
+    the journal and the manifests (history whole up to the last journalled
+    event); events journalled while state.db was unusable are imported;
+    manifests are rewritten; what an interrupted operation left is put right.
+    Repair never changes which release is live.
+
+    \b
+    Examples:
+      releaser fsck
+      releaser fsck --repair
+      releaser fsck --json | jq .problems
+    """
+    from .fsck import fsck as run_fsck
+
+    report = run_fsck(_settings().config, repair=repair, actor=actor(), wait_s=wait_s)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        for line in report.problems:
+            click.echo(f"problem:  {line}")
+        if report.clean:
+            click.echo("clean: state.db, journal, manifests, files and live agree")
+    if not report.clean:
+        raise _click_error(f"{len(report.problems)} problem(s) found"
+                           + ("" if repair else "; `releaser fsck --repair` fixes what it can"),
+                           1)
 
 
 # the fleet commands (releaser/fleet/cli.py); boto3 loads only when one runs

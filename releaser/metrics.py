@@ -34,10 +34,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from . import readers, views
+from . import readers, statefile, views
 from .config import Config
 from .errors import ReleaserError
-from .state import StateDB
 from .store import Store
 
 log = logging.getLogger("releaser.metrics")
@@ -158,7 +157,11 @@ class ReleaserCollector(Collector):
         store = Store(self.config.root, self.config.live_path)
         if not store.exists():
             return
-        state = StateDB(store.state_path)
+        try:
+            state = statefile.open_state(store)
+        except statefile.StateUnusable:
+            # never create a state.db here; live and the check figures still count
+            return
         try:
             live_id = store.live_release_id()
             rel = state.release(live_id) if live_id is not None else None

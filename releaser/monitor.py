@@ -54,7 +54,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from . import analysis_watch, health, notify, rollback, sdnotify, session
+from . import analysis_watch, health, notify, rollback, sdnotify, session, statefile
 from .config import Config
 from .db import QueryTimeout
 from .errors import LockBusy, ReleaserError
@@ -157,10 +157,17 @@ class Monitor:
         t0 = time.perf_counter()
         report: health.HealthReport | None = None
         try:
-            with session.open_store(self.config) as ctx:
+            # state.db unusable: check against the journal and the manifests (statefile.py)
+            with session.open_store(self.config, degraded_ok=True) as ctx:
                 try:
                     report = health.check_live(self.config, ctx.store, ctx.state,
                                                full_hash=full_hash, integrity=integrity)
+                except sqlite3.DatabaseError as exc:
+                    if not statefile.is_damage(exc):
+                        raise
+                    # state.db, not the release, is damaged: never charge the release
+                    report = self._check_degraded(exc, full_hash=full_hash,
+                                                  integrity=integrity)
                 except ABOUT_THE_RELEASE as exc:  # a check that cannot run is a failure
                     report = _could_not_run(live_id, exc, t0)
                 try:
@@ -176,6 +183,14 @@ class Monitor:
         self._force_hash = report.hashed and not report.ok
         self._force_integrity = report.integrity_checked and not report.ok
         return report
+
+    def _check_degraded(self, exc: sqlite3.DatabaseError, *, full_hash: bool,
+                        integrity: bool) -> health.HealthReport:
+        why = statefile.StateUnusable(self.config.root / "state.db", "damaged",
+                                      f"state.db is damaged ({exc})")
+        with session.open_store(self.config, degraded=why) as ctx:
+            return health.check_live(self.config, ctx.store, ctx.state,
+                                     full_hash=full_hash, integrity=integrity)
 
     def _record(self, report: health.HealthReport) -> None:
         for r in report.results:
@@ -284,7 +299,7 @@ class Monitor:
     def _reverted_before(self, rid: int) -> bool:
         """An auto-revert event from this release exists (e.g. before a restart)."""
         try:
-            with session.open_store(self.config) as ctx:
+            with session.open_store(self.config, degraded_ok=True) as ctx:
                 return ctx.state.auto_reverted_from(rid)
         except Exception:  # noqa: BLE001 - unknown: let revert_live decide
             return False
@@ -397,7 +412,7 @@ class Monitor:
     def run(self, *, listen: str | None = None, announce: Any = None) -> int:
         """Serve metrics, run the schedule until SIGTERM/SIGINT; returns the exit code."""
         # fail fast (exit 2) when there is no store, instead of checking nothing forever
-        with session.open_store(self.config) as ctx:
+        with session.open_store(self.config, degraded_ok=True) as ctx:
             self.stats.last_success_ts = _iso_to_unix(
                 ctx.state.last_successful_health_check_at())
         listen = listen or self.mcfg.metrics_listen

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from . import gates
+from . import gates, statefile
 from .config import Config
 from .db import read_header
 from .errors import UsageError
@@ -39,7 +40,16 @@ def init(config: Config, *, actor: str) -> dict[str, Any]:
         pass
     elif live.is_dir():
         raise UsageError(f"{live}: live_path is a folder; it must be a file or not exist")
-    with open_store(config, create=True) as ctx, ctx.store.lock("init"):
+    with ExitStack() as stack:
+        try:
+            ctx = stack.enter_context(open_store(config, create=True))
+        except statefile.StateBusy:
+            raise
+        except statefile.StateUnusable as exc:
+            # never a new, empty record over releases that exist: it would reuse their ids
+            raise UsageError(f"{exc.message} (init does not rebuild a lost record; "
+                             "rollback and status work meanwhile)") from None
+        stack.enter_context(ctx.store.lock("init"))
         reconcile(ctx, actor=actor)
         store, state = ctx.store, ctx.state
         if live.is_symlink():
@@ -100,9 +110,19 @@ def _adopt(ctx: Context, actor: str) -> dict[str, Any]:
 
 
 def reconcile(ctx: Context, *, actor: str) -> list[str]:
-    """Put right what an interrupted operation left. Caller holds the lock."""
+    """Put right what an interrupted operation left. Caller holds the lock.
+
+    Degraded (state.db unusable) only leftovers are removed: the rest decides from the
+    record, and a record rebuilt from a journal that may be cut short must not
+    abort or swap anything; `fsck --repair` runs the whole of it once state.db is back."""
     store, state = ctx.store, ctx.state
     notes = [f"removed leftover {p}" for p in store.cleanup_leftovers()]
+    if ctx.degraded:
+        for note in notes:
+            log.warning("reconcile: %s", note)
+        return notes
+    # journal lines written while state.db was unusable come first, in their order
+    notes += statefile.sync(state, store)
     live_id = store.live_release_id()
     for rel in state.releases(statuses=("good",)):
         if rel.published_at is not None:

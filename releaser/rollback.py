@@ -12,11 +12,13 @@ away from a release its failed check did not see (expect_live).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import gates, health, hooks, signals
+from . import gates, health, hooks, signals, statefile
 from .announce import announce, hook_env
 from .config import Config
 from .errors import (
@@ -36,6 +38,7 @@ from .session import (
     file_of,
     open_store,
     previous_release,
+    require_store,
     rollback_candidates,
 )
 from .state import Release
@@ -54,26 +57,65 @@ def rollback(
 ) -> RollbackResult:
     """expect_live: roll back only if this release is live once the lock is held. With
     wait_s > 0 and no expect_live, the release live now is expected: whoever asked to
-    roll back meant the release they saw, not one a publish made live while they waited."""
-    with open_store(config) as ctx:
-        seen = ctx.store.live_release_id()
-        if expect_live is None and wait_s > 0:
-            expect_live = seen
-        with ctx.store.lock("rollback", wait_s):
-            reconcile(ctx, actor=actor)
-            ensure_live_is_ours(ctx.store)
-            live_id = ctx.store.live_release_id()
-            if expect_live is not None and live_id != expect_live:
-                if seen == expect_live:
-                    raise LiveChanged(
-                        f"{config.live_path}: live changed from release {expect_live} to "
-                        f"{_name(live_id)} while waiting for the lock; nothing rolled back "
-                        "(check `releaser status`, then roll back again if still needed)")
+    roll back meant the release they saw, not one a publish made live while they waited.
+    Works degraded when state.db is unusable (_locked_with_fallback)."""
+    seen = require_store(config).live_release_id()
+    if expect_live is None and wait_s > 0:
+        expect_live = seen
+
+    def body(ctx: Context) -> RollbackResult:
+        reconcile(ctx, actor=actor)
+        ensure_live_is_ours(ctx.store)
+        live_id = ctx.store.live_release_id()
+        if expect_live is not None and live_id != expect_live:
+            if seen == expect_live:
                 raise LiveChanged(
-                    f"{config.live_path}: live is {_name(live_id)}, not release "
-                    f"{expect_live} (--expect-live); nothing rolled back")
-            return _rollback_locked(ctx, actor=actor, to=to, reason=reason,
-                                    action="rollback")
+                    f"{config.live_path}: live changed from release {expect_live} to "
+                    f"{_name(live_id)} while waiting for the lock; nothing rolled back "
+                    "(check `releaser status`, then roll back again if still needed)")
+            raise LiveChanged(
+                f"{config.live_path}: live is {_name(live_id)}, not release "
+                f"{expect_live} (--expect-live); nothing rolled back")
+        return _rollback_locked(ctx, actor=actor, to=to, reason=reason, action="rollback")
+
+    return _locked_with_fallback(config, "rollback", wait_s, body)
+
+
+T = TypeVar("T")
+
+
+def _locked_with_fallback(config: Config, command: str, wait_s: float,
+                          body: Callable[[Context], T]) -> T:
+    """Run body under the store lock on state.db, or degraded on its rebuild from the
+    journal and the manifests when state.db is unusable: busy past ROLLBACK_BUSY_S,
+    missing, empty or damaged (damage found part-way switches over too: body changes
+    nothing before its swap that a retry would repeat, and after it records through
+    _record, which never raises for state.db)."""
+    store = require_store(config)
+    with store.lock(command, wait_s):
+        try:
+            with open_store(config, write=True, busy_s=statefile.ROLLBACK_BUSY_S,
+                            degraded_ok=True) as ctx:
+                return body(ctx)
+        except sqlite3.DatabaseError as exc:
+            if not statefile.is_damage(exc):
+                raise
+            why = statefile.StateUnusable(store.state_path, "damaged",
+                                          f"state.db is damaged ({exc})")
+            with open_store(config, degraded=why) as ctx:
+                return body(ctx)
+
+
+def _record(ctx: Context, action: str, *, mark_bad: int | None = None, **event: Any) -> None:
+    """Record a swap already made (and the bad mark of the release it left): in state.db,
+    else in the journal and the manifests alone (state.db failed after the probe)."""
+    try:
+        with ctx.state.transaction():
+            if mark_bad is not None:
+                ctx.state.set_status(mark_bad, "bad", event.get("reason"))
+            ctx.state.add_event(action, **event)
+    except sqlite3.Error:
+        statefile.journal_only_event(ctx.store, action, mark_bad=mark_bad, **event)
 
 
 def _name(release_id: int | None) -> str:
@@ -97,7 +139,7 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
     LiveChanged instead of reverting a release nobody checked. detail goes into the
     event (e.g. the analysis: queries, observed values, thresholds).
     """
-    with open_store(config) as ctx, ctx.store.lock("auto-revert", wait_s):
+    def body(ctx: Context) -> RollbackResult | None:
         reconcile(ctx, actor=actor)
         live_id = ctx.store.live_release_id()
         if expect_live is not None and live_id != expect_live:
@@ -124,6 +166,8 @@ def revert_live(config: Config, *, actor: str, reasons: list[str],
             announce(ctx, "auto-revert", "no-target", release_id=live_id,
                       reasons=[*reasons, f"kept live: {exc.message}"])
             return None
+
+    return _locked_with_fallback(config, "auto-revert", wait_s, body)
 
 
 def record_failed_revert(config: Config, *, actor: str, from_release_id: int,
@@ -206,11 +250,9 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
                     raise  # the rename never happened: live untouched
                 # renamed, only the folder fsync failed: it is live, record it
                 log.warning("%s; release %s is live", exc.message, target.id)
-            with state.transaction():
-                if mark_bad and live_id is not None:
-                    state.set_status(live_id, "bad", reason)
-                state.add_event(action, actor=actor, outcome="ok", release_id=target.id,
-                                from_release_id=live_id, reason=reason, detail=detail)
+            _record(ctx, action, mark_bad=live_id if mark_bad else None, actor=actor,
+                    outcome="ok", release_id=target.id, from_release_id=live_id,
+                    reason=reason, detail=detail)
     except KeyboardInterrupt as exc:
         signal_name = exc.args[0] if exc.args else "SIGINT"
     log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")

@@ -10,13 +10,17 @@ symlink this store manages, what a release id the user typed means.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from . import statefile
 from .config import Config
 from .errors import StoreIOError, UsageError
+from .journal import Journal
 from .state import Release, StateDB
 from .store import SLOTS, Store, release_id_of
 
@@ -30,9 +34,46 @@ class Context:
     def close(self) -> None:
         self.state.close()
 
+    @property
+    def degraded(self) -> str | None:
+        """Why state.db is unusable when this session works from the journal instead."""
+        return self.state.degraded
+
+
+def state_hooks(store: Store) -> dict[str, Any]:
+    """What ties a StateDB to its store: the journal, manifests, the release id floor."""
+    return {"journal": Journal(store.root), "on_release": store.write_manifest,
+            "id_floor": lambda: statefile.highest_file_id(store)}
+
 
 @contextmanager
-def open_store(config: Config, *, create: bool = False) -> Iterator[Context]:
+def open_store(config: Config, *, create: bool = False, degraded_ok: bool = False,
+               write: bool = False, busy_s: float = statefile.BUSY_TIMEOUT_S,
+               degraded: statefile.StateUnusable | None = None) -> Iterator[Context]:
+    """degraded_ok: when state.db is unusable, work on a rebuild from the journal and
+    the manifests (statefile.py) instead of failing; `degraded` forces that.
+    write: make sure state.db's write lock can be had within busy_s."""
+    store = require_store(config, create=create)
+    hooks = state_hooks(store)
+    if degraded is not None:
+        state = statefile.open_degraded(store, degraded, **hooks)
+    else:
+        try:
+            state = statefile.open_state(store, write=write, busy_s=busy_s, **hooks)
+        except statefile.StateUnusable as exc:
+            if not degraded_ok:
+                raise
+            state = statefile.open_degraded(store, exc, **hooks)
+    store.manifest_source = state.manifest_doc
+    ctx = Context(config, store, state)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def require_store(config: Config, *, create: bool = False) -> Store:
+    """The store at config.root (made when create); exit 2 when there is none."""
     store = Store(config.root, config.live_path)
     if create:
         try:
@@ -44,11 +85,7 @@ def open_store(config: Config, *, create: bool = False) -> Iterator[Context]:
         raise UsageError(
             f"{config.root}: no releaser store here; run `releaser init` first"
             + (f" (config: {config.source})" if config.source else ""))
-    ctx = Context(config, store, StateDB(store.state_path))
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+    return store
 
 
 def file_of(store: Store, release_id: int) -> Path | None:
@@ -119,3 +156,21 @@ def parse_release_id(text: str) -> int:
     if not t.isdigit():
         raise UsageError(f"{text!r} is not a release id; see `releaser history`")
     return int(t)
+
+
+T = TypeVar("T")
+
+
+def read_view(config: Config, view: Callable[[Context], T]) -> T:
+    """A read-only view (status, history, releases) on state.db, or on its rebuild from
+    the journal and the manifests when state.db is unusable or found damaged part-way."""
+    try:
+        with open_store(config, degraded_ok=True) as ctx:
+            return view(ctx)
+    except sqlite3.DatabaseError as exc:
+        if not statefile.is_damage(exc):
+            raise
+        why = statefile.StateUnusable(Path(config.root) / "state.db", "damaged",
+                                      f"state.db is damaged ({exc})")
+        with open_store(config, degraded=why) as ctx:
+            return view(ctx)

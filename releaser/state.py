@@ -2,20 +2,34 @@
 
 `events` is append-only (triggers refuse UPDATE and DELETE) so the history of
 publishes, rejects, rollbacks and auto-reverts can never be rewritten.
+
+state.db is an index, not the only copy (issue 12): every change to a release
+row or the events is also appended to the store's journal (journal.py) once it
+is committed, and a changed release's manifest is rewritten beside its files
+(manifest.py, through the store's `on_release` hook). A StateDB made with
+`degraded` is an in-memory rebuild used while state.db is unusable: its changes
+go to the journal marked degraded. Release ids are never reused: a new id is
+above every id state.db, the store's files and manifests (`id_floor`) know.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import manifest
 from .errors import StoreIOError
+from .journal import Journal, event_entry, new_uid, release_entry
+from .rebuild import ensure_uid_column
+
+log = logging.getLogger("releaser.state")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -121,6 +135,7 @@ class Event:
     reason: str | None
     outcome: str
     detail: dict[str, Any] | None
+    uid: str | None = None  # the journal's identity of this event
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,18 +153,36 @@ class Event:
 
 
 class StateDB:
-    """state.db: WAL so the monitor and `status` can read while an operation writes."""
+    """state.db: WAL so the monitor and `status` can read while an operation writes.
 
-    def __init__(self, path: Path) -> None:
+    timeout_s bounds every wait for another process's write transaction (statefile.py
+    turns a timeout into one line naming the holder)."""
+
+    def __init__(self, path: Path, *, timeout_s: float = 2.0, journal: Journal | None = None,
+                 on_release: Callable[[dict[str, Any]], None] | None = None,
+                 id_floor: Callable[[], int] | None = None,
+                 degraded: str | None = None) -> None:
         self.path = path
+        self.journal = journal
+        self.on_release = on_release
+        self.id_floor = id_floor
+        self.degraded = degraded  # why state.db is unusable: this is an in-memory rebuild
+        self._pending: list[dict[str, Any]] = []
+        self._dirty: set[int] = set()
         try:
-            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            self.conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
+            if degraded is None:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreIOError(f"{path}: cannot open the state database: {exc}") from None
+            raise StoreIOError(f"{path}: cannot open the state database: {exc}") from exc
+        try:
+            ensure_uid_column(self.conn)
+        except sqlite3.OperationalError:
+            pass  # busy or read-only: events keep their implicit uid (db-<id>) for now
+        self._has_uid = "uid" in {r[1] for r in self.conn.execute("PRAGMA table_info(events)")}
 
     def close(self) -> None:
         self.conn.close()
@@ -161,9 +194,53 @@ class StateDB:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
+            self._pending.clear()
+            self._dirty.clear()
             raise
         else:
             self.conn.execute("COMMIT")
+            self._flush()
+
+    # -- the journal and the manifests ---------------------------------------
+
+    def _changed(self, entry: dict[str, Any], release_id: int | None = None) -> None:
+        self._pending.append(entry)
+        if release_id is not None:
+            self._dirty.add(release_id)
+        if not self.conn.in_transaction:  # autocommit statement: it is committed now
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, dirty = self._pending, self._dirty
+        self._pending, self._dirty = [], set()
+        if self.journal is not None and pending:
+            try:
+                self.journal.append(pending, degraded=self.degraded is not None)
+            except OSError as exc:
+                if self.degraded is not None:
+                    raise StoreIOError(f"{self.journal.path}: cannot append to the journal "
+                                       f"({exc.strerror}) and state.db is unusable") from None
+                # state.db has it; the next locked command appends what the journal missed
+                log.warning("%s: cannot append to the journal: %s", self.journal.path, exc)
+        for rid in sorted(dirty):
+            self.refresh_manifest(rid)
+
+    def manifest_doc(self, release_id: int) -> dict[str, Any] | None:
+        """The manifest document for a release, from its row (None: no such release)."""
+        row = self.conn.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
+        return manifest.from_row(dict(row), utcnow()) if row else None
+
+    def refresh_manifest(self, release_id: int) -> None:
+        """Rewrite the release's manifests beside its files (best effort: fsck reports)."""
+        if self.on_release is None:
+            return
+        doc = self.manifest_doc(release_id)
+        if doc is None:
+            return
+        try:
+            self.on_release(doc)
+        except OSError as exc:
+            log.warning("release %s: cannot write its manifest: %s", release_id, exc)
 
     # -- releases ---------------------------------------------------------
 
@@ -180,28 +257,47 @@ class StateDB:
         mtime_ns: int | None = None,
         status_reason: str | None = None,
     ) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO releases (sha256, size, inode, mtime_ns, source, note, created_at,"
-            " status, status_reason, report) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (sha256, size, inode, mtime_ns, source, note, utcnow(), status, status_reason,
+        rid = self._next_release_id()
+        created = utcnow()
+        self.conn.execute(
+            "INSERT INTO releases (id, sha256, size, inode, mtime_ns, source, note, created_at,"
+            " status, status_reason, report) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (rid, sha256, size, inode, mtime_ns, source, note, created, status, status_reason,
              json.dumps(report) if report is not None else None),
         )
-        return int(cur.lastrowid or 0)
+        self._changed(release_entry(
+            rid, sha256=sha256, size=size, inode=inode, mtime_ns=mtime_ns, source=source,
+            note=note, created_at=created, published_at=None, status=status,
+            status_reason=status_reason, report=report, updated_at=created), rid)
+        return rid
+
+    def _next_release_id(self) -> int:
+        """Above state.db's sequence and every id the store's files and manifests carry."""
+        seq = self.conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name='releases'").fetchone()
+        top = self.conn.execute("SELECT MAX(id) FROM releases").fetchone()[0]
+        floor = self.id_floor() if self.id_floor is not None else 0
+        return max(seq[0] if seq else 0, top or 0, floor) + 1
 
     def set_file_identity(self, release_id: int, inode: int, mtime_ns: int) -> None:
         self.conn.execute(
             "UPDATE releases SET inode=?, mtime_ns=? WHERE id=?", (inode, mtime_ns, release_id)
         )
+        self._changed(release_entry(release_id, inode=inode, mtime_ns=mtime_ns,
+                                    updated_at=utcnow()), release_id)
 
     def set_status(self, release_id: int, status: str, reason: str | None = None) -> None:
         self.conn.execute(
             "UPDATE releases SET status=?, status_reason=? WHERE id=?", (status, reason, release_id)
         )
+        self._changed(release_entry(release_id, status=status, status_reason=reason,
+                                    updated_at=utcnow()), release_id)
 
     def mark_published(self, release_id: int, at: str | None = None) -> None:
-        self.conn.execute(
-            "UPDATE releases SET published_at=? WHERE id=?", (at or utcnow(), release_id)
-        )
+        at = at or utcnow()
+        self.conn.execute("UPDATE releases SET published_at=? WHERE id=?", (at, release_id))
+        self._changed(release_entry(release_id, published_at=at, updated_at=utcnow()),
+                      release_id)
 
     def release(self, release_id: int) -> Release | None:
         row = self.conn.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
@@ -230,13 +326,25 @@ class StateDB:
         detail: dict[str, Any] | None = None,
         at: str | None = None,
     ) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO events (at, action, release_id, from_release_id, actor, reason, outcome,"
-            " detail) VALUES (?,?,?,?,?,?,?,?)",
-            (at or utcnow(), action, release_id, from_release_id, actor, reason, outcome,
-             json.dumps(detail) if detail is not None else None),
-        )
-        return int(cur.lastrowid or 0)
+        row = {"at": at or utcnow(), "action": action, "release_id": release_id,
+               "from_release_id": from_release_id, "actor": actor, "reason": reason,
+               "outcome": outcome, "detail": detail}
+        uid = new_uid()
+        values = (row["at"], action, release_id, from_release_id, actor, reason, outcome,
+                  json.dumps(detail) if detail is not None else None)
+        if self._has_uid:
+            cur = self.conn.execute(
+                "INSERT INTO events (at, action, release_id, from_release_id, actor, reason,"
+                " outcome, detail, uid) VALUES (?,?,?,?,?,?,?,?,?)", (*values, uid))
+        else:
+            cur = self.conn.execute(
+                "INSERT INTO events (at, action, release_id, from_release_id, actor, reason,"
+                " outcome, detail) VALUES (?,?,?,?,?,?,?,?)", values)
+        row["id"] = int(cur.lastrowid or 0)
+        if not self._has_uid:
+            uid = f"db-{row['id']}"
+        self._changed(event_entry(row, uid))
+        return row["id"]
 
     def events(self, limit: int | None = None) -> list[Event]:
         sql = "SELECT * FROM events ORDER BY id DESC"
@@ -250,6 +358,7 @@ class StateDB:
     def _event(row: sqlite3.Row) -> Event:
         d = dict(row)
         d["detail"] = json.loads(d["detail"]) if d["detail"] else None
+        d.setdefault("uid", None)
         return Event(**d)
 
     def live_transitions(self, limit: int | None = None) -> list[Event]:

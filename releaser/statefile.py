@@ -171,7 +171,8 @@ def open_degraded(store: Store, why: StateUnusable, **hooks: Any) -> StateDB:
     state = StateDB(Path(":memory:"), degraded=why.message, **hooks)
     rebuilt = rebuild.collect(read.entries, manifests, file_ids(store))
     rebuild.write_into(state.conn, rebuilt, highest_file_id(store))
-    log.warning("%s; working from the journal and the manifests", why.message)
+    log.warning("%s; working from the journal and the manifests (changes go to the "
+                "journal; `releaser fsck --repair` brings state.db up to date)", why.message)
     return state
 
 
@@ -284,15 +285,27 @@ def _bootstrap(state: StateDB, store: Store, journal: Journal) -> list[str]:
 
 def journal_only_event(store: Store, action: str, *, actor: str, outcome: str,
                        release_id: int | None = None, from_release_id: int | None = None,
-                       reason: str | None = None) -> None:
+                       reason: str | None = None, detail: dict[str, Any] | None = None,
+                       mark_bad: int | None = None) -> None:
     """Record an event that state.db refused after the fact (a swap already happened):
     in the journal, marked degraded, so the next command that can write state.db
-    imports it. Raises OSError if the journal cannot take it either."""
+    imports it; mark_bad also marks that release bad there and in its manifests.
+    Raises OSError if the journal cannot take it either."""
     from .state import utcnow
 
-    row = {"at": utcnow(), "action": action, "release_id": release_id,
+    now = utcnow()
+    entries = []
+    if mark_bad is not None:
+        entries.append(release_entry(mark_bad, status="bad", status_reason=reason,
+                                     updated_at=now))
+        doc = store.manifest_doc_on_disk(mark_bad)
+        if doc is not None:
+            store.write_manifest({**doc, "status": "bad", "status_reason": reason,
+                                  "updated_at": now})
+    row = {"at": now, "action": action, "release_id": release_id,
            "from_release_id": from_release_id, "actor": actor, "reason": reason,
-           "outcome": outcome, "detail": None}
-    Journal(store.root).append([event_entry(row, new_uid())], degraded=True)
+           "outcome": outcome, "detail": detail}
+    entries.append(event_entry(row, new_uid()))
+    Journal(store.root).append(entries, degraded=True)
     log.warning("%s: could not record %s %s in state.db; journalled it instead: %s",
                 store.state_path, action, outcome, REPAIR_HINT)

@@ -23,12 +23,13 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import staging
+from . import manifest, staging
 from .errors import LockBusy, StoreIOError
 from .files import fsync_dir, io_error, link_atomically, remove_quietly
 from .staging import ProgressFn, Staged
@@ -71,6 +72,9 @@ class Store:
         self.archive_dir = root / "archive"
         self.state_path = root / "state.db"
         self.lock_path = root / "lock"
+        # the record a manifest is written from (session.open_store: state.db's row);
+        # None, or a release it does not know: the manifest already beside a file is carried
+        self.manifest_source: Callable[[int], dict[str, Any] | None] | None = None
 
     # -- layout -----------------------------------------------------------
 
@@ -80,7 +84,8 @@ class Store:
         self.live_path.parent.mkdir(parents=True, exist_ok=True)
 
     def exists(self) -> bool:
-        return self.state_path.is_file() and all(self.slot_dir(s).is_dir() for s in SLOTS)
+        # not state.db: a store whose state.db is lost is still a store (statefile.py)
+        return all(self.slot_dir(s).is_dir() for s in SLOTS)
 
     def slot_dir(self, slot: str) -> Path:
         return self.slots_dir / slot
@@ -199,6 +204,7 @@ class Store:
         """Rename a staged file into its slot as release-<id>.db and archive it (hard link)."""
         final = self.slot_dir(staged.slot) / release_file_name(release_id)
         staged.durable()  # the data is on disk before the file gets its release name
+        self._carry_manifest(release_id, final.parent)  # ...and so is its manifest
         try:
             os.rename(staged.path, final)
             fsync_dir(final.parent)
@@ -213,12 +219,14 @@ class Store:
         if not dest.exists():
             tmp = self.archive_dir / f"{STAGING_PREFIX}{release_id}-{secrets.token_hex(4)}"
             link_atomically(path, tmp, dest)
+        self._carry_manifest(release_id, self.archive_dir)
 
     def restore_from_archive(self, release_id: int, slot: str) -> Path:
         """Put an archived release into a slot by hard link: O(1) whatever its size."""
         final = self.slot_dir(slot) / release_file_name(release_id)
         if not final.exists():
             link_atomically(self.archive_file(release_id), self._staging_path(slot), final)
+        self._carry_manifest(release_id, final.parent)
         return final
 
     def clear_slot(self, slot: str, keep: int) -> None:
@@ -227,6 +235,7 @@ class Store:
         for rid, path in self.slot_files(slot).items():
             if rid != keep:
                 remove_quietly(path)
+                manifest.remove(path.parent, rid)
                 removed = True
         if removed:
             fsync_dir(self.slot_dir(slot))
@@ -236,6 +245,7 @@ class Store:
         paths = [p for s in SLOTS if (p := self.slot_files(s).get(release_id)) is not None]
         remove_quietly(*paths, self.archive_file(release_id))
         for folder in {p.parent for p in paths} | {self.archive_dir}:
+            manifest.remove(folder, release_id)
             with suppress(OSError):
                 fsync_dir(folder)  # so the removal survives a power loss
 
@@ -243,10 +253,51 @@ class Store:
         removed = []
         for rid in sorted(self.archived_ids() - keep):
             remove_quietly(self.archive_file(rid))
+            manifest.remove(self.archive_dir, rid)
             removed.append(rid)
         if removed:
             fsync_dir(self.archive_dir)
         return removed
+
+    # -- manifests (manifest.py): written here only, beside their files ---------
+
+    def manifest_folders(self) -> list[Path]:
+        return [*(self.slot_dir(s) for s in SLOTS), self.archive_dir]
+
+    def write_manifest(self, doc: dict[str, Any]) -> None:
+        """(Re)write a release's manifest beside each of its files (state.py's hook)."""
+        rid = int(doc["release_id"])
+        for folder in self.manifest_folders():
+            if (folder / release_file_name(rid)).exists():
+                manifest.write(folder, doc)
+
+    def manifest_doc(self, release_id: int) -> dict[str, Any] | None:
+        """What a release's manifest says: from the record, else the newest copy on disk."""
+        doc = self.manifest_source(release_id) if self.manifest_source else None
+        if doc is not None:
+            return doc
+        return self.manifest_doc_on_disk(release_id)
+
+    def manifest_doc_on_disk(self, release_id: int) -> dict[str, Any] | None:
+        """The newest manifest copy of a release in the slots and the archive."""
+        newest: dict[str, Any] | None = None
+        for folder in self.manifest_folders():
+            try:
+                found = manifest.read(folder / manifest.manifest_name(release_id))
+            except (FileNotFoundError, manifest.ManifestError):
+                continue
+            if newest is None or str(found.get("updated_at")) > str(newest.get("updated_at")):
+                newest = found
+        return newest
+
+    def _carry_manifest(self, release_id: int, folder: Path) -> None:
+        doc = self.manifest_doc(release_id)
+        if doc is None:
+            return
+        try:
+            manifest.write(folder, doc)
+        except OSError as exc:
+            raise io_error(folder / manifest.manifest_name(release_id), exc) from None
 
     def cleanup_leftovers(self) -> list[Path]:
         """Remove what an interrupted operation left: staging files, temp symlinks."""

@@ -7,10 +7,12 @@ it is given (no copy), against the live release's baseline when a store exists.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import gates, health, readers
+from . import gates, health, readers, statefile
 from .config import Config
 from .errors import GateFailed, UsageError
 from .preflight import check_source_path, hot_journal
@@ -20,12 +22,15 @@ from .session import (
     open_store,
     parse_release_id,
     previous_release,
+    read_view,
     rollback_candidates,
 )
 from .store import Store
 
 if TYPE_CHECKING:
     from . import diff as diffing
+
+log = logging.getLogger("releaser.views")
 
 
 def validate(config: Config, source: Path) -> gates.GateReport:
@@ -40,7 +45,7 @@ def validate(config: Config, source: Path) -> gates.GateReport:
     live: Path | None = None
     store = Store(config.root, config.live_path)
     if store.exists():
-        with open_store(config) as ctx:
+        with open_store(config, degraded_ok=True) as ctx:
             live_id = store.live_release_id()
             live_rel = ctx.state.release(live_id) if live_id else None
             baseline = live_rel.check_values() if live_rel else None
@@ -63,79 +68,93 @@ def _release_view(ctx: Context, rid: int | None, slot: str | None) -> dict[str, 
 
 
 def status(config: Config) -> dict[str, Any]:
-    with open_store(config) as ctx:
-        store = ctx.store
-        live_id = store.live_release_id()
-        live_slot = store.live_slot()
-        live = _release_view(ctx, live_id, live_slot)
-        live["path"] = str(store.live_target()) if store.live_target() else None
-        idle_slot = store.idle_slot()
-        idle_files = store.slot_files(idle_slot)
-        idle_id = max(idle_files) if idle_files else None
-        idle = _release_view(ctx, idle_id, idle_slot)
-        idle["path"] = str(idle_files[idle_id]) if idle_id is not None else None
-        problems = []
-        if store.live_path.exists() and not store.live_path.is_symlink():
-            problems.append(f"{store.live_path} is a regular file: run `releaser init`")
-        elif store.live_path.is_symlink() and live_id is None:
-            problems.append(f"{store.live_path} points outside the store")
-        elif store.live_path.is_symlink() and not store.live_path.exists():
-            problems.append(f"{store.live_path} is a dangling symlink")
-        previous = previous_release(ctx, live_id)
-        last_check = ctx.state.last_health_check()
-        live_rel = ctx.state.release(live_id) if live_id is not None else None
-        live["health"] = (health.live_health(store.live_path, live_rel, last_check)
-                          if live_rel is not None else None)
-        return {
-            "live_path": str(config.live_path),
-            "root": str(config.root),
-            "config": str(config.source) if config.source else None,
-            "live": live,
-            "idle": idle,
-            "rollback_target": previous.id if previous else None,
-            # what `rollback --to` accepts (newest first, at most 5)
-            "rollback_to": [r.id for r in rollback_candidates(ctx, live_id)],
-            "last_check": last_check,
-            "lock": store.lock_holder(),
-            "archived": sorted(store.archived_ids()),
-            "problems": problems,
-            # processes still reading a release other than the live one (did not reopen)
-            "stale_readers": [r.as_dict() for r in readers.stale_readers(store)],
-        }
+    return read_view(config, lambda ctx: _status(ctx, config))
+
+
+def _status(ctx: Context, config: Config) -> dict[str, Any]:
+    store = ctx.store
+    live_id = store.live_release_id()
+    live_slot = store.live_slot()
+    live = _release_view(ctx, live_id, live_slot)
+    live["path"] = str(store.live_target()) if store.live_target() else None
+    idle_slot = store.idle_slot()
+    idle_files = store.slot_files(idle_slot)
+    idle_id = max(idle_files) if idle_files else None
+    idle = _release_view(ctx, idle_id, idle_slot)
+    idle["path"] = str(idle_files[idle_id]) if idle_id is not None else None
+    problems = []
+    if store.live_path.exists() and not store.live_path.is_symlink():
+        problems.append(f"{store.live_path} is a regular file: run `releaser init`")
+    elif store.live_path.is_symlink() and live_id is None:
+        problems.append(f"{store.live_path} points outside the store")
+    elif store.live_path.is_symlink() and not store.live_path.exists():
+        problems.append(f"{store.live_path} is a dangling symlink")
+    if ctx.degraded:
+        problems.insert(0, f"state.db is unusable ({ctx.degraded.split('; ')[0]}): "
+                           "status comes from the journal and the manifests; run "
+                           "`releaser fsck --repair`")
+    previous = previous_release(ctx, live_id)
+    last_check = ctx.state.last_health_check()
+    live_rel = ctx.state.release(live_id) if live_id is not None else None
+    live["health"] = (health.live_health(store.live_path, live_rel, last_check)
+                      if live_rel is not None else None)
+    return {
+        "live_path": str(config.live_path),
+        "root": str(config.root),
+        "config": str(config.source) if config.source else None,
+        "live": live,
+        "idle": idle,
+        "rollback_target": previous.id if previous else None,
+        # what `rollback --to` accepts (newest first, at most 5)
+        "rollback_to": [r.id for r in rollback_candidates(ctx, live_id)],
+        "last_check": last_check,
+        "lock": store.lock_holder(),
+        "archived": sorted(store.archived_ids()),
+        "problems": problems,
+        "state_db": {"usable": ctx.degraded is None, "problem": ctx.degraded},
+        # processes still reading a release other than the live one (did not reopen)
+        "stale_readers": [r.as_dict() for r in readers.stale_readers(store)],
+    }
 
 
 def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
-    with open_store(config) as ctx:
-        return [e.as_dict() for e in ctx.state.events(limit)]
+    return read_view(config, lambda ctx: _history(ctx, config, limit))
+
+
+def _history(ctx: Context, config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    return [e.as_dict() for e in ctx.state.events(limit)]
 
 
 def releases(config: Config) -> list[dict[str, Any]]:
     """Every recorded release, newest first; status is live/idle for the two slots."""
-    with open_store(config) as ctx:
-        store = ctx.store
-        live_id = store.live_release_id()
-        idle_ids = set(store.slot_files(store.idle_slot()))
-        out = []
-        for rel in ctx.state.releases():
-            on_disk = file_of(store, rel.id) is not None
-            shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
-            out.append({
-                "release_id": rel.id,
-                "status": shown,
-                "recorded_status": rel.status,
-                "published_at": rel.published_at,
-                "created_at": rel.created_at,
-                "sha256": rel.sha256 or None,
-                "size": rel.size,
-                "note": rel.note,
-                "source": rel.source,
-                "reason": rel.status_reason,
-                "on_disk": on_disk,
-                # what `rollback --to` accepts
-                "rollback_ok": (rel.status == "good" and on_disk and rel.id != live_id
-                                and rel.published_at is not None),
-            })
-        return out
+    return read_view(config, lambda ctx: _releases(ctx, config))
+
+
+def _releases(ctx: Context, config: Config) -> list[dict[str, Any]]:
+    store = ctx.store
+    live_id = store.live_release_id()
+    idle_ids = set(store.slot_files(store.idle_slot()))
+    out = []
+    for rel in ctx.state.releases():
+        on_disk = file_of(store, rel.id) is not None
+        shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
+        out.append({
+            "release_id": rel.id,
+            "status": shown,
+            "recorded_status": rel.status,
+            "published_at": rel.published_at,
+            "created_at": rel.created_at,
+            "sha256": rel.sha256 or None,
+            "size": rel.size,
+            "note": rel.note,
+            "source": rel.source,
+            "reason": rel.status_reason,
+            "on_disk": on_disk,
+            # what `rollback --to` accepts
+            "rollback_ok": (rel.status == "good" and on_disk and rel.id != live_id
+                            and rel.published_at is not None),
+        })
+    return out
 
 
 def _side(ctx: Context | None, spec: str) -> diffing.Side:
@@ -175,7 +194,7 @@ def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
     store = Store(config.root, config.live_path)
     if a is not None and b is not None and Path(a).exists() and Path(b).exists():
         return diffing.diff_files(_side(None, a), _side(None, b), config)
-    with open_store(config) as ctx:
+    with open_store(config, degraded_ok=True) as ctx:
         live_id = store.live_release_id()
         if b is None:
             if live_id is None:
@@ -193,13 +212,28 @@ def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
 
 def check(config: Config, *, actor: str, full_hash: bool = False,
           integrity: bool = True) -> health.HealthReport:
-    with open_store(config) as ctx:
+    with open_store(config, degraded_ok=True) as ctx:
         report = health.check_live(config, ctx.store, ctx.state, full_hash=full_hash,
                                    integrity=integrity)
+        record_health_check(ctx, report, actor=actor)
+        return report
+
+
+def record_health_check(ctx: Context, report: health.HealthReport, *, actor: str,
+                        wait_s: float = 1.0) -> None:
+    """Append the check to state.db's health log, waiting at most wait_s for a busy
+    state.db: a check never blocks on it, and an unrecorded one is only a warning."""
+    if ctx.degraded:
+        log.warning("health check not recorded: %s", ctx.degraded)
+        return
+    try:
+        ctx.state.conn.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
         ctx.state.add_health_check(release_id=report.release_id, ok=report.ok,
                                    duration_ms=report.duration_ms, actor=actor,
                                    reasons=report.reasons)
-        return report
+    except sqlite3.Error as exc:
+        log.warning("health check not recorded in %s: %s", ctx.state.path,
+                    statefile.classify(ctx.state.path, exc, wait_s).detail)
 
 
 def analyze(config: Config) -> dict[str, Any]:

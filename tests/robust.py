@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from releaser.manifest import MANIFEST_RE
 from releaser.store import RELEASE_FILE_RE, SWAP_TMP_INFIX
 
 from .conftest import RELEASER_BIN, Env
@@ -40,6 +41,9 @@ def leftovers(env: Env) -> list[str]:
     for d in ("slots/blue", "slots/green", "archive"):
         folder = env.root / d
         for name in os.listdir(folder) if folder.is_dir() else []:
+            m = MANIFEST_RE.match(name)
+            if m and (folder / f"release-{m.group(1)}.db").exists():
+                continue  # a release file's manifest (issue 12)
             if not RELEASE_FILE_RE.match(name):
                 bad.append(f"{d}/{name}")
     if env.live.parent.is_dir():
