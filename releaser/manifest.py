@@ -151,9 +151,10 @@ def scan(folders: list[Path]) -> tuple[dict[int, dict[str, Any]], list[str]]:
 
 
 def remove(folder: Path, release_id: int) -> bool:
+    """Remove a manifest if it is there; quietly, like the release file it goes with."""
     try:
         os.unlink(folder / manifest_name(release_id))
-    except FileNotFoundError:
+    except OSError:
         return False
     return True
 

@@ -283,8 +283,11 @@ class StateDB:
         self.conn.execute(
             "UPDATE releases SET inode=?, mtime_ns=? WHERE id=?", (inode, mtime_ns, release_id)
         )
+        # journalled, but no manifest rewrite of its own (two fsyncs per folder): the
+        # manifest takes the identity at the next status change; a stale one costs a
+        # degraded rollback one sha256, never a wrong answer
         self._changed(release_entry(release_id, inode=inode, mtime_ns=mtime_ns,
-                                    updated_at=utcnow()), release_id)
+                                    updated_at=utcnow()))
 
     def set_status(self, release_id: int, status: str, reason: str | None = None) -> None:
         self.conn.execute(

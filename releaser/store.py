@@ -209,6 +209,8 @@ class Store:
             os.rename(staged.path, final)
             fsync_dir(final.parent)
         except OSError as exc:
+            if not final.exists():
+                manifest.remove(final.parent, release_id)
             raise io_error(final, exc) from None
         self.archive(final, release_id)
         return final
@@ -307,8 +309,13 @@ class Store:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
+            names = {entry.name for entry in entries}
             for entry in entries:
                 if entry.name.startswith(STAGING_PREFIX):
+                    found.append(Path(entry.path))
+                # a manifest whose file never got its name (killed in place()) or was removed
+                mid = manifest.manifest_id_of(entry.name)
+                if mid is not None and release_file_name(mid) not in names:
                     found.append(Path(entry.path))
         prefix = f".{self.live_path.name}{SWAP_TMP_INFIX}"
         try:

@@ -27,6 +27,7 @@ import pytest
 from releaser.sample import write_sample
 
 from .conftest import Env
+from .monitorproc import MonitorProc, make_writable, set_config, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +277,35 @@ def test_fsck_reports_a_stray_manifest_change_and_repairs_it(history3: Env) -> N
     conn = sqlite3.connect(env.root / "state.db")
     assert conn.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 4
     conn.close()
+
+
+def test_monitor_auto_reverts_with_state_db_deleted(history3: Env) -> None:
+    """The monitor checks against the journal and the manifests and reverts degraded."""
+    env = history3
+    set_config(env, monitor={"failures_before_revert": 1})
+    hist_before, _ = record(env)
+    delete_state(env)
+    with MonitorProc(env, "-v", "monitor") as mon:
+        mon.wait_listening()
+        wait_for("a healthy check of release 3", lambda: "release 3 healthy" in mon.stderr(),
+                 proc=mon)
+        assert live_id(env) == 3
+        target = env.live.resolve()
+        make_writable(target)
+        with open(target, "r+b") as fh:  # the live release goes bad in place
+            fh.seek(4096 + 100)
+            fh.write(b"\xde\xad\xbe\xef" * 64)
+        wait_for("the auto-revert to release 2", lambda: live_id(env) == 2, proc=mon)
+        assert mon.stop() == 0
+    assert not (env.root / "state.db").exists()  # nothing recreated it behind our back
+    # the bad mark is in the manifests beside every copy of release 3
+    for m in env.root.rglob("release-3.json"):
+        assert json.loads(m.read_text())["status"] == "bad", m
+    env.run("fsck", "--repair")
+    hist_after, rels_after = record(env)
+    assert comparable(hist_after[1:]) == comparable(hist_before)
+    revert = hist_after[0]
+    assert (revert["action"], revert["outcome"], revert["release_id"],
+            revert["from_release_id"], revert["actor"]) == ("auto-revert", "ok", 2, 3, "monitor")
+    assert {r["release_id"]: r["recorded_status"] for r in rels_after}[3] == "bad"
+    assert live_id(env) == 2
