@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from releaser.sample import write_sample  # noqa: E402
+from tests.sample import write_sample  # noqa: E402
 
 RELEASER = Path(sys.executable).parent / "releaser"
 OUT = REPO / "bench-results"

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from releaser.sample import write_sample
-
 from .conftest import Env
 from .monitorproc import MonitorProc, make_writable, set_config, wait_for
+from .sample import write_sample
 
 
 @pytest.fixture(scope="module")
