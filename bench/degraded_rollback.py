@@ -95,7 +95,7 @@ def events(cfg: Path) -> list[tuple]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000, help="rows per build (~10 MB at 100k)")
-    ap.add_argument("--history", type=int, default=200, help="extra live transitions")
+    ap.add_argument("--history", type=int, default=20, help="extra live transitions")
     ap.add_argument("--trials", type=int, default=3)
     args = ap.parse_args()
     work_root = Path(tempfile.mkdtemp(prefix="releaser-degraded-"))
