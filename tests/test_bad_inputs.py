@@ -304,7 +304,7 @@ def test_bad_input_is_refused_cleanly(published: Env, case: str) -> None:
     maker, code, reject_events = CASES[case]
     prefix: list[str] = []
     if case == "no_read_permission" and os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
+        if shutil.which("setpriv") is None and os.environ.get("CI") != "true":
             pytest.skip("running as root without setpriv: root can read a mode-000 file")
         prefix = NO_DAC_CAPS
     if case == "hostile_view_and_trigger":
