@@ -5,8 +5,9 @@ GET of channels/CHANNEL.json -> verify signature (trusted keys only), channel, s
 below the highest accepted, persisted in ROOT/fleet/agent.json) and expiry -> apply():
   live already has it       -> applied, nothing done
   held locally (slot/archive, good) -> the local O(1) rollback path, no download
-  otherwise                 -> verified manifest -> download into [fleet] download_dir
-                               while hashing -> `releaser publish`'s own pipeline
+  otherwise                 -> verified manifest -> a zstd patch against a release held
+                               here (delta.py), else the full file, into [fleet]
+                               download_dir while hashing -> `releaser publish`'s own pipeline
 -> write status/CHANNEL/HOST_ID.json (the ack).
 
 Invariants:
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
 from ..errors import EXIT_GATE, EXIT_IO, EXIT_OK, LockBusy, ReleaserError
-from . import layout, local, settings, transfer
+from . import delta, layout, local, settings, transfer
 from .ack import Ack, AgentState
 from .agentmetrics import AgentMetrics
 from .envelope import open_signed
@@ -173,7 +174,9 @@ class Agent:
 
         self._clean_incoming()
         try:
-            path = transfer.download(
+            # a patch against a release held here, else (None) the full file
+            path = delta.fetch(self.config, self.bucket, manifest, self.incoming,
+                               on_bytes=counted) or transfer.download(
                 self.bucket, manifest.file, self.incoming, sha256=manifest.sha256,
                 size=manifest.size, compressed_sha256=manifest.compressed_sha256,
                 compressed_size=manifest.compressed_size, on_bytes=counted)

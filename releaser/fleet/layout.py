@@ -2,6 +2,8 @@
 
   files/SHA256.db.zst            release file, zstd-compressed, create-only; SHA256 is
                                  the hash of the uncompressed database
+  deltas/BASE-SHA256.zst         zstd --patch-from patch rebuilding release SHA256 from
+                                 release BASE (both uncompressed hashes), create-only
   manifests/HASH.json            signed manifest of one push, create-only; HASH is the
                                  sha256 of its signed payload
   channels/NAME.json             signed channel pointer, changed only by compare-and-swap
@@ -38,6 +40,10 @@ def _hex(digest: str) -> str:
 
 def release_file(sha256: str) -> str:
     return f"files/{_hex(sha256)}.db.zst"
+
+
+def delta_file(base_sha256: str, sha256: str) -> str:
+    return f"deltas/{_hex(base_sha256)}-{_hex(sha256)}.zst"
 
 
 def manifest(digest: str) -> str:

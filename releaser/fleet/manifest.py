@@ -2,7 +2,8 @@
 
 Fields (signed): sha256 and size of the uncompressed database, the compressed object's
 key, sha256 and size, the gate report from the build host, source path, note, builder
-host, created time. Written create-only at manifests/HASH.json.
+host, created time, and the deltas (patches from earlier releases: base sha256, key,
+sha256, size). Written create-only at manifests/HASH.json.
 
 Invariant: from_signed() returns a Manifest only for a verified payload whose digest is
 the one the pointer names and whose fields have the right types.
@@ -33,6 +34,8 @@ class Manifest:
     builder: str
     created: str
     gates: list[dict[str, Any]] = field(default_factory=list)
+    # patches from earlier releases (releaser/fleet/delta.py); checked when used
+    deltas: list[dict[str, Any]] = field(default_factory=list)
 
     def payload(self) -> dict[str, Any]:
         return {"kind": KIND, "version": 1, **asdict(self)}
@@ -60,6 +63,8 @@ class Manifest:
                               "belongs")
         except ValueError:
             raise Refused(f"{what}: sha256 is not a hex digest") from None
+        if not isinstance(m.deltas, list):
+            raise Refused(f"{what}: deltas is not a list")
         if m.compression != "zstd":
             raise Refused(f"{what}: unknown compression {m.compression!r}")
         return m

@@ -3,7 +3,8 @@
 Order (each step safe to repeat): read the channel pointer (the CAS base) -> snapshot
 the build into a temporary file while hashing -> run the local gates on the snapshot
 (same code as `releaser validate`) -> upload the compressed file create-only (skipped
-when the bucket already has that sha256) -> write the signed manifest create-only ->
+when the bucket already has that sha256) -> upload zstd patches from the channel's last [fleet] delta_bases releases (delta.py)
+-> write the signed manifest create-only ->
 move the pointer by compare-and-swap. A gate failure uploads nothing; a lost CAS leaves
 only unreferenced immutable objects.
 """
@@ -61,12 +62,19 @@ def push(config: Config, source: Path, *, channel: str | None, note: str | None,
                 compressed = _existing_compressed(bucket, snap.sha256)
                 if compressed is None:
                     compressed = _compressed_of(snap.path)
+        from . import delta
+
+        bases = delta.recent_bases(bucket, name, trusted, start, snap.sha256,
+                                   fleet.delta_bases)
+        deltas, delta_notes = delta.make_deltas(bucket, snap.path, snap.sha256, snap.size,
+                                                compressed.size, bases, Path(tmp))
     manifest = Manifest(
         sha256=snap.sha256, size=snap.size, file=file_key,
         compressed_sha256=compressed.sha256, compressed_size=compressed.size,
         compression="zstd", source=str(source.absolute()), note=note,
         builder=socket.gethostname(), created=_iso(datetime.now(UTC)),
-        gates=[r.as_dict() for r in report.results])
+        gates=[r.as_dict() for r in report.results],
+        deltas=[d.as_dict() for d in deltas])
     body, manifest_digest = seal(manifest.payload(), key, manifest.comment())
     try:
         bucket.put_create(layout.manifest(manifest_digest), body)
@@ -83,6 +91,7 @@ def push(config: Config, source: Path, *, channel: str | None, note: str | None,
             "pointer": digest, "manifest": manifest_digest, "sha256": snap.sha256,
             "size": snap.size, "compressed_size": compressed.size,
             "uploaded_bytes": uploaded, "expires": pointer.expires,
+            "deltas": [d.as_dict() for d in deltas], "delta_notes": delta_notes,
             "previous": pointer.previous,
             "warnings": [r.reason() for r in report.warnings()]}
 

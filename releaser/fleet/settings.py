@@ -37,12 +37,16 @@ class Fleet:
     # where the agent downloads to (outside the store: publish refuses sources in it);
     # default: a folder beside the store root, ROOT.incoming
     download_dir: Path | None = None
+    # push: also upload zstd patches from this many earlier releases of the channel
+    delta_bases: int = 2
 
     def __post_init__(self) -> None:
         if self.url and (not self.url.startswith("s3://") or self.url == "s3://"):
             raise ValueError(f'url must be "s3://BUCKET/PREFIX", got "{self.url}"')
         if self.poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {self.poll_s}")
+        if self.delta_bases < 0:
+            raise ValueError(f"delta_bases must be >= 0, got {self.delta_bases}")
         if self.pointer_ttl_s <= 0:
             raise ValueError(f"pointer_ttl_s must be > 0, got {self.pointer_ttl_s}")
 
