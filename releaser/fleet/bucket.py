@@ -186,6 +186,13 @@ class Bucket:
             raise self._translate(exc, name, "get") from exc
         return resp["Body"].read(16 << 20), str(resp.get("ETag", ""))
 
+    def delete(self, name: str) -> None:
+        """Remove an object (doctor's scratch keys; missing is fine)."""
+        try:
+            self._call(name, "delete", self._client.delete_object)
+        except NotFound:
+            pass
+
     def exists(self, name: str) -> bool:
         try:
             self._call(name, "head", self._client.head_object)

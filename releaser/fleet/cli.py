@@ -249,3 +249,9 @@ def agent(once: bool) -> None:
     from .agent import run_agent
 
     sys.exit(run_agent(_settings().config, once=once, announce=click.echo))
+
+
+# rollout commands (doctor, wave controls): releaser/fleet/rollout_cli.py
+from .rollout_cli import register as _register_rollout  # noqa: E402
+
+_register_rollout(fleet)

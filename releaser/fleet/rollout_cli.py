@@ -1,0 +1,50 @@
+"""Click commands of the rollout work (issue 15), added to the `releaser fleet` group
+by register(): `fleet doctor` (and the wave controls)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import _settings, emit_json, json_option
+
+
+@click.command()
+@click.option("--writers", type=click.IntRange(2, 64), default=8, show_default=True,
+              help="Concurrent writers in the race checks.")
+@click.option("--trials", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="Races per race check.")
+@json_option
+def doctor(writers: int, trials: int, as_json: bool) -> None:
+    """Check the configured S3 endpoint before trusting it with a fleet.
+
+    Checks read-after-write, a create-only race (concurrent If-None-Match
+    writers: exactly one wins), a stale If-Match refused, concurrent
+    compare-and-swap (exactly one winner) and conditional GET 304, under
+    PREFIX/doctor/ (removed afterwards). Exit 1 names the failing property;
+    exit 5 when the endpoint cannot be reached.
+
+    \b
+    Examples:
+      releaser fleet doctor
+      releaser fleet doctor --writers 16 --trials 10 --json
+    """
+    from .doctor import doctor as doctor_verb
+
+    result = doctor_verb(_settings().config, writers=writers, trials=trials)
+    if as_json:
+        emit_json(result)
+    else:
+        for check in result["checks"]:
+            click.echo(f"{'ok  ' if check['ok'] else 'FAIL'}  {check['name']:<24} "
+                       f"{check['detail']}")
+    if result["failed"]:
+        click.echo(f"error: {result['endpoint']} fails: {', '.join(result['failed'])}; "
+                   "do not use it for a fleet (its conditional writes cannot be trusted)",
+                   err=True)
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(doctor)
