@@ -77,10 +77,9 @@ class Agent:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._clean_incoming()
         self.state = AgentState.load(self.state_path, self.channel)
-        if self.state.highest_digest != self.state.finished:
-            # the last run stopped mid-apply (SIGKILL, power loss): read the pointer
-            # again instead of trusting a 304 for a release never applied
-            self.state.etag = None
+        # the first poll reads the whole pointer: the last run may have stopped mid-apply
+        # (SIGKILL, power loss), and its expiry must be checked again (one GET per start)
+        self.state.etag = None
         self.metrics = AgentMetrics()
         self.metrics.applied_seq.set(self.state.applied_seq)
         self.current: Pointer | None = None  # the last verified channel pointer
