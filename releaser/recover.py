@@ -134,7 +134,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
                 # it may have been live: its undo swapped back but could not record it
                 live_text = f"release {live_id}" if live_id is not None else "nothing"
                 why = ("publish was interrupted during or after its swap, before its "
-                       f"record; it is not live (live is {live_text}): swapped back")
+                       f"record; it is not live now (live is {live_text})")
             else:
                 why = "publish was interrupted before the swap; live unchanged"
             with state.transaction():

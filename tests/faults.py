@@ -61,8 +61,9 @@ def argv(*releaser_args: str, pause_at: str | None = None, setup: str | None = N
 def _modules() -> list[Any]:
     import releaser
 
-    for info in pkgutil.walk_packages(releaser.__path__, "releaser."):
-        importlib.import_module(info.name)
+    for info in pkgutil.iter_modules(releaser.__path__, "releaser."):
+        if not info.ispkg:  # the fleet subpackage (boto3...) is not a fault target
+            importlib.import_module(info.name)
     return [m for name, m in sorted(sys.modules.items())
             if name == "releaser" or name.startswith("releaser.")]
 

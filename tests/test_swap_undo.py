@@ -117,7 +117,7 @@ def test_state_db_unwritable_for_the_undo_too_reconcile_tells_the_truth(
     ev = published.history()[0]
     assert (ev["action"], ev["release_id"]) == ("publish", 3), ev
     assert "before the swap" not in ev["reason"], ev
-    assert "swapped back" in ev["reason"], ev
+    assert "after its swap" in ev["reason"] and "live is release 2" in ev["reason"], ev
 
 
 # SIGTERM right after os.replace put the new symlink in place, before the folder fsync
