@@ -74,6 +74,16 @@ def test_systemd_analyze_security_below_2(unit: Path, tmp_path: Path) -> None:
     assert float(m.group(1)) < 2.0, proc.stdout
 
 
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_a_config_error_is_not_restarted_forever(unit: Path) -> None:
+    """Exit 2 (usage/config) is not restarted; other failures only 5 times in 10 min."""
+    one = {k: v[-1] for k, v in settings(unit).items()}
+    assert one["Restart"] == "on-failure"
+    assert "2" in one.get("RestartPreventExitStatus", "").split(), unit.name
+    burst, interval = int(one["StartLimitBurst"]), int(one["StartLimitIntervalSec"])
+    assert burst * int(one["RestartSec"]) < interval, "the start limit can never trigger"
+
+
 def test_monitor_unit_settings() -> None:
     s = settings(MONITOR_UNIT)
     one = {k: v[-1] for k, v in s.items()}
