@@ -157,11 +157,19 @@ class ReleaserCollector(Collector):
         store = Store(self.config.root, self.config.live_path)
         if not store.exists():
             return
+        usable = GaugeMetricFamily(
+            "releaser_state_db_usable",
+            "0 when state.db is missing, empty, damaged or busy: rollback still works from "
+            "the journal and manifests; run `releaser fsck --repair`.")
         try:
             state = statefile.open_state(store)
-        except statefile.StateUnusable:
+        except statefile.StateUnusable as exc:
             # never create a state.db here; live and the check figures still count
+            usable.add_metric([], 1.0 if exc.kind == "busy" else 0.0)
+            yield usable
             return
+        usable.add_metric([], 1.0)
+        yield usable
         try:
             live_id = store.live_release_id()
             rel = state.release(live_id) if live_id is not None else None

@@ -231,7 +231,7 @@ def _metric_names(expr: str) -> set[str]:
 def test_alerts_and_dashboard_use_exported_metrics() -> None:
     exported = NAMES | {"releaser_live_critical", "releaser_health_check_consecutive_failures",
                         "releaser_probe_query_duration_seconds_bucket", "releaser_stale_readers",
-                        "releaser_analysis_evaluations_total"}
+                        "releaser_analysis_evaluations_total", "releaser_state_db_usable"}
     alert_names = _metric_names(ALERTS.read_text())
     assert alert_names and alert_names <= exported, alert_names - exported
     assert DASHBOARDS, "no Grafana dashboard in config/grafana"

@@ -295,6 +295,7 @@ def test_monitor_auto_reverts_with_state_db_deleted(history3: Env) -> None:
             fh.seek(4096 + 100)
             fh.write(b"\xde\xad\xbe\xef" * 64)
         wait_for("the auto-revert to release 2", lambda: live_id(env) == 2, proc=mon)
+        assert mon.metrics()["releaser_state_db_usable"] == 0
         assert mon.stop() == 0
     assert not (env.root / "state.db").exists()  # nothing recreated it behind our back
     # the bad mark is in the manifests beside every copy of release 3
