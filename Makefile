@@ -51,6 +51,7 @@ lint: venv
 bench: venv
 	$(BIN)/python -m pytest -q -s -m bench -p no:xdist --timeout 3600
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/fleet_bench.py
 	$(BIN)/python bench/degraded_rollback.py
 
 stress: venv

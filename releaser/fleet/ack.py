@@ -6,7 +6,7 @@ restart), the pointer ETag for conditional GETs, the pointer it finished with (s
 does not redo a rejected or reverted release every poll), and byte counters.
 
 Ack, at status/CHANNEL/HOST_ID.json: host_id, state (applied | rejected | applying |
-reverted), the pointer seq/digest and release it is about, the release live here and the
+reverted | waiting (for its wave, rollout.py)), the pointer seq/digest and release it is about, the release live here and the
 seq that brought it, reasons, last_seen, bytes downloaded (attempt and total).
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from ..store import fsync_dir
 
-STATES = ("applied", "rejected", "applying", "reverted")
+STATES = ("applied", "rejected", "applying", "reverted", "waiting")  # waiting: a wave gate
 
 
 @dataclass

@@ -9,6 +9,8 @@ below the highest accepted, persisted in ROOT/fleet/agent.json) and expiry -> ap
                                here (delta.py), else the full file, into [fleet]
                                download_dir while hashing -> `releaser publish`'s own pipeline
 -> write status/CHANNEL/HOST_ID.json (the ack).
+A pointer with a wave plan goes through rollout.step() every poll instead (it gates on
+the earlier waves' acks, then calls apply(); or sends the host back on an abort).
 
 Invariants:
 - The live release changes only through publish/rollback (the store lock, gates on the
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
 from ..errors import EXIT_GATE, EXIT_IO, EXIT_OK, LockBusy, ReleaserError
-from . import delta, layout, local, settings, transfer
+from . import delta, layout, local, rollout, settings, transfer
 from .ack import Ack, AgentState
 from .agentmetrics import AgentMetrics
 from .envelope import open_signed
@@ -83,6 +85,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.metrics.applied_seq.set(self.state.applied_seq)
         self.current: Pointer | None = None  # the last verified channel pointer
+        self._current_digest = ""
         self._last_ack_at = 0.0
         self.deadline = time.monotonic() + 3600  # watchdog: pings while before this
 
@@ -100,6 +103,8 @@ class Agent:
             return self._poll_error(exc)
         if obj is None:  # 304: the pointer we verified before
             self._check_expiry()
+            if self.current is not None and self.current.plan is not None:
+                return rollout.step(self, self.current, self._current_digest)
             return self._report_idle([])
         what = self.bucket.url(name)
         try:
@@ -112,8 +117,12 @@ class Agent:
             self.state.etag = obj.etag
             self._save()
             return self._ack("rejected", None, [exc.message], target=None)
-        self.current = pointer
+        self.current, self._current_digest = pointer, signed.digest
         self.state.etag = obj.etag
+        if pointer.plan is not None:  # a wave rollout: gate on earlier waves' acks
+            self.state.highest_seq, self.state.highest_digest = pointer.seq, signed.digest
+            self._save()
+            return rollout.step(self, pointer, signed.digest)
         if signed.digest == self.state.finished:
             return self._report_idle([])
         self.state.highest_seq, self.state.highest_digest = pointer.seq, signed.digest

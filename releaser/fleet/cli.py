@@ -82,8 +82,20 @@ def keygen(secret_path: Path, public_path: Path, force: bool, as_json: bool) -> 
 @click.argument("db", type=click.Path(path_type=Path))
 @channel_option
 @click.option("--note", help="Why (shown in status and history).")
+@click.option("--waves", metavar="SPEC", help="Roll out in waves, e.g. 1,25%,100% "
+              "(default: [fleet] waves; empty = every host at once).")
+@click.option("--bake", "bake_s", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Healthy time between waves (default: [fleet] bake_s).")
+@click.option("--canary", metavar="HOST,...", help="Hosts of the first wave.")
+@click.option("--max-failures", type=click.IntRange(min=1), metavar="N",
+              help="Rejections/reverts that abort the rollout (default: [fleet] "
+                   "max_failures).")
+@click.option("--manual", is_flag=True, help="Each wave after the first waits for "
+              "`fleet promote-wave`.")
 @json_option
-def push(db: Path, channel: str | None, note: str | None, as_json: bool) -> None:
+def push(db: Path, channel: str | None, note: str | None, waves: str | None,
+         bake_s: float | None, canary: str | None, max_failures: int | None, manual: bool,
+         as_json: bool) -> None:
     """Gate DB locally, upload it and point the channel at it.
 
     Runs the same gates as `releaser validate`; uploads nothing if they fail.
@@ -92,10 +104,13 @@ def push(db: Path, channel: str | None, note: str | None, as_json: bool) -> None
     \b
     Examples:
       releaser fleet push output/tags.db --channel staging --note "nightly"
+      releaser fleet push output/tags.db --channel production --waves 1,25%,100% --bake 300
     """
     from .push import push as push_verb
 
-    result = push_verb(_settings().config, db, channel=channel, note=note, actor=actor())
+    result = push_verb(_settings().config, db, channel=channel, note=note, actor=actor(),
+                       waves=waves, bake_s=bake_s, max_failures=max_failures,
+                       canary=[c for c in (canary or "").split(",") if c], manual=manual)
     if as_json:
         emit_json(result)
         return
@@ -192,6 +207,12 @@ def status(channel: str | None, as_json: bool) -> None:
         click.echo(f"channel {result['channel']}: seq {p['seq']} {p['sha256'][:12]}… "
                    f"({p['action']} by {p['actor']} at {p['created']}, expires "
                    f"{p['expires']}){expired}")
+    r = result.get("rollout")
+    if r is not None:
+        click.echo(f"rollout: {r['state']}, {r['open_waves']} of {len(r['waves'])} waves "
+                   f"open, bake {r['bake_s']:g} s, {len(r['failed'])} of max "
+                   f"{r['max_failures']} failures"
+                   + (f": {'; '.join(r['reasons'])}" if r["reasons"] else ""))
     for h in result["hosts"]:
         applied = (h.get("applied_sha256") or "-")[:12]
         reasons = f"  {'; '.join(h.get('reasons') or [])}" if h.get("reasons") else ""

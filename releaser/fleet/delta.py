@@ -94,7 +94,7 @@ def zstd_binary() -> str | None:
 def window_log(*sizes: int) -> int:
     """The smallest window covering base and target (zstd needs it on both sides)."""
     need = max(1, *sizes)
-    return max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, math.ceil(math.log2(need)) + 1))
+    return max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, math.ceil(math.log2(need))))
 
 
 def _time_limit(size: int) -> float:

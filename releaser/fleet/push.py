@@ -5,7 +5,8 @@ the build into a temporary file while hashing -> run the local gates on the snap
 (same code as `releaser validate`) -> upload the compressed file create-only (skipped
 when the bucket already has that sha256) -> upload zstd patches from the channel's last [fleet] delta_bases releases (delta.py)
 -> write the signed manifest create-only ->
-move the pointer by compare-and-swap. A gate failure uploads nothing; a lost CAS leaves
+move the pointer by compare-and-swap, with a signed wave plan (waves.py) when --waves
+or [fleet] waves asks for one. A gate failure uploads nothing; a lost CAS leaves
 only unreferenced immutable objects.
 """
 
@@ -22,13 +23,17 @@ from .envelope import seal
 from .errors import Conflict, ReleaserError
 from .manifest import Manifest
 from .pointer import Pointer, _iso
+from .status import acks
+from .waves import Plan, assign
 
 if TYPE_CHECKING:
     from ..config import Config
 
 
 def push(config: Config, source: Path, *, channel: str | None, note: str | None,
-         actor: str) -> dict[str, Any]:
+         actor: str, waves: str | None = None, bake_s: float | None = None,
+         canary: list[str] | None = None, max_failures: int | None = None,
+         manual: bool = False) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from ..errors import GateFailed
@@ -81,10 +86,24 @@ def push(config: Config, source: Path, *, channel: str | None, note: str | None,
     except Conflict:
         pass  # same signed bytes already there
 
+    spec = fleet.waves if waves is None else waves
+    use_waves = bool(spec or canary)
+    hosts = ([str(a.get("host_id")) for a in acks(bucket, name)] if use_waves else [])
+
     def make(current: channels.Current) -> Pointer:
+        plan = None
+        if use_waves:
+            seq = current.pointer.seq + 1 if current.pointer is not None else 1
+            prev = current.pointer
+            previous = ({"sha256": prev.release_sha256, "manifest": prev.manifest}
+                        if prev is not None and prev.release_sha256 != snap.sha256 else None)
+            plan = Plan(start_seq=seq, waves=assign(spec or "100%", hosts, canary or []),
+                        bake_s=fleet.bake_s if bake_s is None else bake_s,
+                        max_failures=max_failures or fleet.max_failures, manual=manual,
+                        previous=previous).as_dict()
         return Pointer.next(current.signed, channel=name, manifest=manifest_digest,
                             release_sha256=snap.sha256, action="push", actor=actor,
-                            note=note, ttl_s=fleet.pointer_ttl_s)
+                            note=note, ttl_s=fleet.pointer_ttl_s, plan=plan)
 
     pointer, digest = channels.move(bucket, name, key, trusted, start, make)
     return {"outcome": "pushed", "channel": name, "seq": pointer.seq,
@@ -92,7 +111,7 @@ def push(config: Config, source: Path, *, channel: str | None, note: str | None,
             "size": snap.size, "compressed_size": compressed.size,
             "uploaded_bytes": uploaded, "expires": pointer.expires,
             "deltas": [d.as_dict() for d in deltas], "delta_notes": delta_notes,
-            "previous": pointer.previous,
+            "previous": pointer.previous, "plan": pointer.plan,
             "warnings": [r.reason() for r in report.warnings()]}
 
 

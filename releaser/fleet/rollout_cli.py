@@ -46,5 +46,72 @@ def doctor(writers: int, trials: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _control(action: str, channel: str | None, note: str | None, as_json: bool) -> None:
+    from ..cli import actor
+    from .control import control
+
+    result = control(_settings().config, channel=channel, action=action, actor=actor(),
+                     note=note)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"{result['channel']}: {action} written as seq {result['seq']} "
+               f"({result['open_waves']} of {len(result['plan']['waves'])} waves open)")
+
+
+channel_option = click.option("--channel", metavar="NAME",
+                              help="Channel (default: [fleet] channel).")
+note_option = click.option("--note", help="Why (shown in status and history).")
+
+
+@click.command()
+@channel_option
+@note_option
+@json_option
+def pause(channel: str | None, note: str | None, as_json: bool) -> None:
+    """Hold a wave rollout: no host takes the release until `fleet resume`.
+
+    Hosts that already applied it keep it. Written as a new signed pointer.
+
+    \b
+    Examples:
+      releaser fleet pause --channel production --note "watching error rates"
+    """
+    _control("pause", channel, note, as_json)
+
+
+@click.command()
+@channel_option
+@note_option
+@json_option
+def resume(channel: str | None, note: str | None, as_json: bool) -> None:
+    """Continue a paused wave rollout.
+
+    \b
+    Examples:
+      releaser fleet resume --channel production
+    """
+    _control("resume", channel, note, as_json)
+
+
+@click.command(name="promote-wave")
+@channel_option
+@note_option
+@json_option
+def promote_wave(channel: str | None, note: str | None, as_json: bool) -> None:
+    """Open the next wave now (the manual gate; skips its wait and bake).
+
+    An aborted rollout stays aborted. Push with --manual to make every wave
+    wait for this command.
+
+    \b
+    Examples:
+      releaser fleet push output/tags.db --waves 1,100% --manual
+      releaser fleet promote-wave --channel production
+    """
+    _control("promote-wave", channel, note, as_json)
+
+
 def register(group: click.Group) -> None:
-    group.add_command(doctor)
+    for command in (doctor, pause, resume, promote_wave):
+        group.add_command(command)

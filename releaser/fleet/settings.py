@@ -39,12 +39,19 @@ class Fleet:
     download_dir: Path | None = None
     # push: also upload zstd patches from this many earlier releases of the channel
     delta_bases: int = 2
+    # push: the default wave plan ("" = every host at once; e.g. "1,25%,100%"), the
+    # bake time between waves and the failures that abort a rollout (rollout.py)
+    waves: str = ""
+    bake_s: float = 300.0
+    max_failures: int = 1
 
     def __post_init__(self) -> None:
         if self.url and (not self.url.startswith("s3://") or self.url == "s3://"):
             raise ValueError(f'url must be "s3://BUCKET/PREFIX", got "{self.url}"')
         if self.poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {self.poll_s}")
+        if self.bake_s < 0 or self.max_failures < 1:
+            raise ValueError("bake_s must be >= 0 and max_failures >= 1")
         if self.delta_bases < 0:
             raise ValueError(f"delta_bases must be >= 0, got {self.delta_bases}")
         if self.pointer_ttl_s <= 0:

@@ -16,6 +16,7 @@ from . import layout, settings
 from .bucket import Bucket
 from .errors import NotFound
 from .rollback import _trusted_or_empty
+from .waves import Plan, view
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -64,6 +65,9 @@ def status(config: Config, *, channel: str | None) -> dict[str, Any]:
             "created": pointer.created, "expires": pointer.expires,
             "expired": pointer.expired()},
         "hosts": hosts,
+        # a wave rollout (the pointer's signed plan) judged from the acks: waves.py
+        "rollout": (None if pointer is None or pointer.plan is None else
+                    view(Plan.parse(pointer.plan), pointer.release_sha256, hosts)),
         "summary": {"hosts": len(hosts), "on_pointer_release": on_release, **states},
     }
 

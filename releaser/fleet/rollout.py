@@ -1,0 +1,163 @@
+"""The agent's side of a wave rollout: gate itself on the acks of earlier waves.
+
+Design choice: self-gating agents, no controller. The plan (waves, bake, max_failures,
+pause, manual promotions) is in the signed pointer; the only thing agents read besides
+it is the other hosts' acks, and acks can only hold a host back or send it back to the
+previous release the signed plan names, never make it take anything unsigned. So there
+is no extra always-on process to run, secure and keep alive (a controller would need
+the signing key online or a second trust path), a dead build host cannot stall or
+break a rollout, and `fleet pause/resume/promote-wave/rollback` are just new signed
+pointers. The cost: each host in a rollout lists and reads the channel's acks every
+poll (O(hosts) requests per host per poll) until the rollout is complete for it.
+
+step() runs each poll while the channel's pointer carries a plan:
+  aborted (max_failures reached, or aborted in the plan): a host live on the rollout's
+      release goes back to plan.previous (local O(1) path if held, else download);
+      others stay where they are; a webhook event fleet-rollout-aborted is sent once.
+  paused: nothing new is applied.
+  this host's wave not open yet, or open but earlier waves not yet seen healthy for
+      bake_s (this agent's own monotonic clock, reset whenever one of them is not
+      healthy): ack `waiting` with why.
+  otherwise: Agent.apply() (the same path as without waves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import local
+from .ack import Ack
+from .errors import BucketError, ReleaserError
+from .status import acks as read_acks
+from .waves import ABORTED, Plan, judge
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .pointer import Pointer
+
+log = logging.getLogger("releaser.agent")
+
+
+class Gate:
+    """Per-agent memory across polls: since when earlier waves have looked healthy."""
+
+    def __init__(self) -> None:
+        self.healthy_since: dict[tuple[int, int], float] = {}
+        self.notified: set[int] = set()
+        self.aborted: dict[int, list[str]] = {}  # start_seq -> reasons
+        self.complete: set[int] = set()
+
+
+def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
+    plan = Plan.parse(pointer.plan, f"channel {agent.channel} seq {pointer.seq}")
+    gate: Gate = getattr(agent, "_gate", None) or Gate()
+    agent._gate = gate  # type: ignore[attr-defined]
+    target = pointer.release_sha256
+    live = local.live_sha256(agent.config)
+    last = agent.state.last
+    if (last.get("state") == "applied" and last.get("target_sha256") == target
+            and live != target):
+        held = local.held(agent.config, target)
+        if held is not None and held.auto_reverted and last.get("seq") is not None:
+            return agent._ack("reverted", pointer,
+                              [f"the monitor auto-reverted release {held.release_id}"],
+                              target=target, digest=digest)
+    if plan.start_seq in gate.complete and live == target:
+        return agent._report_idle([])  # done here: stop reading every host's ack
+    try:
+        acks = read_acks(agent.bucket, agent.channel)
+    except BucketError as exc:
+        log.warning("rollout: cannot read acks: %s; holding", exc.message)
+        return None
+    j = judge(plan, target, acks)
+    if j.state == "aborted":
+        gate.aborted.setdefault(plan.start_seq, j.reasons)
+    if plan.start_seq in gate.aborted:  # sticky: acks may change, an abort does not
+        return _aborted(agent, pointer, digest, plan, live,
+                        gate.aborted[plan.start_seq], gate)
+    if live == target:
+        if j.state == "complete":
+            gate.complete.add(plan.start_seq)
+        return _quiet(agent, "applied", pointer, digest, [])
+    if last.get("target_sha256") == target and last.get("state") in ("rejected", "reverted"):
+        return agent._report_idle([])  # refused here once: not retried every poll
+    if j.state == "paused":
+        return _quiet(agent, "waiting", pointer, digest, ["rollout paused"])
+    wave = plan.wave_of(agent.host_id)
+    if wave >= j.open_waves:
+        gate.healthy_since.clear()  # the bake starts again once they are all healthy
+        return _quiet(agent, "waiting", pointer, digest,
+                      [f"wave {wave + 1} of {len(plan.waves)}: waiting for earlier waves"
+                       + (" and promote-wave" if plan.manual else "")])
+    if wave > 0 and wave > plan.promoted:
+        key = (plan.start_seq, wave)
+        since = gate.healthy_since.setdefault(key, time.monotonic())
+        baked = time.monotonic() - since
+        if baked < plan.bake_s:
+            return _quiet(agent, "waiting", pointer, digest,
+                          [f"wave {wave + 1} of {len(plan.waves)}: earlier waves healthy, "
+                           f"baking {plan.bake_s:g} s"])
+    gate.healthy_since.clear()
+    return agent.apply(pointer, digest)
+
+
+def _quiet(agent: Agent, state: str, pointer: Pointer, digest: str,
+           reasons: list[str]) -> Ack | None:
+    """Write the ack only when it says something new (or as the heartbeat)."""
+    last = agent.state.last
+    if (last.get("state") == state and last.get("reasons") == reasons
+            and last.get("pointer") == digest):
+        return agent._report_idle([])
+    return agent._ack(state, pointer, reasons, target=pointer.release_sha256,
+                      digest=digest)
+
+
+def _aborted(agent: Agent, pointer: Pointer, digest: str, plan: Plan, live: str | None,
+             reasons: list[str], gate: Gate) -> Ack | None:
+    target = pointer.release_sha256
+    why = f"{ABORTED} (release {target[:12]}): {'; '.join(reasons)}"
+    if plan.start_seq not in gate.notified:
+        gate.notified.add(plan.start_seq)
+        _notify(agent, target, reasons)
+    if live != target or plan.previous is None:
+        last = agent.state.last
+        own_failure = (last.get("target_sha256") == target
+                       and last.get("state") in ("rejected", "reverted"))
+        if own_failure or (last.get("pointer") == digest
+                           and last.get("reasons", [""])[:1] == [why]):
+            return agent._report_idle([])  # keep the ack that says what happened here
+        return agent._ack("waiting", pointer, [why], target=target, digest=digest)
+    back = dataclasses.replace(
+        pointer, release_sha256=plan.previous["sha256"], manifest=plan.previous["manifest"],
+        action="abort", note=why, plan=None)
+    log.warning("%s: going back to %s", why, back.release_sha256[:12])
+    try:
+        state, more, downloaded = agent._apply_release(back, digest)
+    except ReleaserError as exc:
+        log.error("%s: could not go back: %s", why, exc.message)
+        return agent._ack("applied", pointer, [why, f"going back failed: {exc.message}"],
+                          target=target, digest=digest)
+    outcome = "reverted" if state == "applied" else state
+    return agent._ack(outcome, pointer, [why, *more], target=target, digest=digest,
+                      downloaded=downloaded)
+
+
+def _notify(agent: Agent, target: str, reasons: list[str]) -> None:
+    try:
+        from .. import notify
+
+        cfg = getattr(agent.config, "notify", None)
+        if cfg is not None:
+            notify.send(cfg, notify.payload(
+                "fleet-rollout-aborted", "aborted",
+                release={"sha256": target, "channel": agent.channel,
+                         "host_id": agent.host_id}, reasons=reasons,
+                live_path=str(agent.config.live_path)))
+    except Exception as exc:  # noqa: BLE001 - a notification never changes an outcome
+        log.warning("rollout abort notification failed: %s", exc)
+
+
+__all__: list[Any] = ["step"]
