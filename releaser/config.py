@@ -244,15 +244,18 @@ class Hooks:
 class Webhook(HttpTarget):
     """[[notify.webhook]]: a JSON POST for each event that matters."""
 
-    # which actions to send (reject, publish, rollback, auto-revert); empty means all
+    # which actions to send (reject, publish, rollback, auto-revert,
+    # fleet-rollout-aborted); empty means all
     events: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unknown = sorted(set(self.events) - {"reject", "publish", "rollback", "auto-revert"})
+        # fleet-rollout-aborted: sent by agents (releaser/fleet/rollout.py)
+        unknown = sorted(set(self.events) - {"reject", "publish", "rollback", "auto-revert",
+                                             "fleet-rollout-aborted"})
         if unknown:
             raise ValueError(f"events: unknown action {unknown[0]!r} (known: reject, publish, "
-                             "rollback, auto-revert)")
+                             "rollback, auto-revert, fleet-rollout-aborted)")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import time
 
 from releaser.fleet.waves import assign
 from tests.fleet.fleetenv import Fleet, Host, wait_for
+from tests.test_notify import Receiver
 
 STRICT = """
 [[checks]]
@@ -71,7 +72,11 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
     names = [f"app{i}" for i in range(4)]
     waves = assign("1,100%", names, ["app0"])
     bad_host = waves[1][0]  # the second wave's only host rejects what the others accept
-    hosts = [fleet.host(n, extra=STRICT if n == bad_host else "") for n in names]
+    receiver = Receiver()
+    hook = (f'[[notify.webhook]]\nurl = "{receiver.url}"\n'
+            'events = ["fleet-rollout-aborted"]\n')
+    hosts = [fleet.host(n, extra=STRICT if n == bad_host else hook if n == "app0" else "")
+             for n in names]
     first = _start(fleet, hosts)
 
     second = fleet.build.cli_json(
@@ -98,6 +103,9 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
         assert second["sha256"] not in [r["sha256"] for r in h.releases()], h.name
     assert fleet.acks()["app0"]["state"] == "reverted"
     assert "aborted" in fleet.acks()["app0"]["reasons"][0]
+    [event] = receiver.wait_for(1)  # the hook event, once
+    assert (event["action"], event["outcome"]) == ("fleet-rollout-aborted", "aborted")
+    assert event["release"]["sha256"] == second["sha256"] and bad_host in event["reasons"][1]
 
     # a canary that fails stops the next rollout at once
     third = fleet.build.cli_json(
@@ -110,6 +118,11 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
     assert fleet.fleet_json("status", "--channel", "staging")["rollout"]["state"] == "aborted"
     for h in hosts:
         assert h.live_sha() == first["sha256"], h.name
+    events = receiver.wait_for(2)
+    assert [e["release"]["sha256"] for e in events] == [second["sha256"], third["sha256"]]
+    fleet.stop_all()
+    receiver.server.shutdown()
+    receiver.server.server_close()
 
 
 def test_pause_promote_wave_resume(fleet: Fleet) -> None:
