@@ -3,7 +3,8 @@
     .venv/bin/python bench/fleet_bench.py [--rows N] [--agent-rows N] [--agents 10]
 
 Part A, on the bench's large database (bench/bench.py's cached tags-ROWS.db, ~1 GB at
-8M rows): a rebuild with 1 % of rows updated (ids stable, VACUUMed), then
+8M rows), rebuilt (VACUUM INTO), and a rebuild of it with 1 % of rows updated (ids
+stable, VACUUMed), then
   delta = `zstd -3 --long=W --patch-from=BASE` (what releaser/fleet/delta.py runs)
   full  = the release file as `fleet push` uploads it (python-zstandard, transfer.LEVEL)
   raw   = the database
@@ -39,6 +40,20 @@ from bench import OUT, candidate  # noqa: E402
 from releaser.fleet import delta, transfer  # noqa: E402
 
 
+def rebuilt(src: Path) -> Path:
+    """src as a rebuild writes it (VACUUM INTO: packed, in rowid order), cached."""
+    dst = src.with_name(src.stem + "-rebuilt.db")
+    if not dst.exists():
+        print(f"making {dst.name} (VACUUM INTO)...", flush=True)
+        tmp = dst.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        conn = sqlite3.connect(src)
+        conn.execute("VACUUM INTO ?", (str(tmp),))
+        conn.close()
+        os.replace(tmp, dst)
+    return dst
+
+
 def updated(src: Path, pct: float = 1.0) -> Path:
     dst = src.with_name(src.stem + f"-upd{pct:g}.db")
     if not dst.exists():
@@ -67,7 +82,7 @@ def child(argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:  # n
 
 
 def part_a(rows: int) -> dict[str, object]:
-    base = candidate(rows, 1)
+    base = rebuilt(candidate(rows, 1))
     new = updated(base)
     raw = new.stat().st_size
     zstd = delta.zstd_binary()
@@ -111,7 +126,7 @@ def part_b(rows: int, agents: int) -> dict[str, object]:
                       key=work / "fleet.key", pub=work / "fleet.pub")
         poll_s = 1.0
         hosts = [fleet.host(f"app{i}", poll_s=poll_s) for i in range(agents)]
-        base = candidate(rows, 1)
+        base = rebuilt(candidate(rows, 1))
         new = updated(base)
         first = fleet.push(base, note="base")
         for h in hosts:
