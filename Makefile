@@ -53,6 +53,7 @@ bench: venv
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/fleet_bench.py
 	$(BIN)/python bench/degraded_rollback.py
+	$(BIN)/python bench/history.py
 
 stress: venv
 	$(BIN)/python -m pytest -q -m stress --timeout 1800
@@ -68,6 +69,7 @@ clean:
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 RELEASER_CONF_DIR ?= /etc/releaser
 RELEASER_PREFIX ?= /opt/releaser
+RELEASER_GROUP ?= releasers
 install-systemd:
 	@# the same source as last time: no reinstall (a rerun needs no network)
 	@if [ -z "$(DESTDIR)" ]; then \
@@ -87,6 +89,13 @@ install-systemd:
 	    useradd --system --user-group --home-dir /var/lib/releaser --no-create-home \
 	        --shell /usr/sbin/nologin --comment "releaser service" releaser; \
 	fi
+	@# users and permissions (README "Users and permissions"): group $(RELEASER_GROUP) may
+	@# publish and roll back; unit_paths makes the store and live folder releaser:$(RELEASER_GROUP) 2775
+	@if [ -z "$(DESTDIR)" ]; then \
+	    getent group $(RELEASER_GROUP) >/dev/null || { echo "creating group $(RELEASER_GROUP)"; \
+	        groupadd --system $(RELEASER_GROUP); }; \
+	    usermod -a -G $(RELEASER_GROUP) releaser; \
+	fi
 	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(RELEASER_CONF_DIR)
 	install -m 0644 systemd/*.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/
 	@if [ -e $(DESTDIR)$(RELEASER_CONF_DIR)/releaser.toml ]; then \
@@ -96,9 +105,16 @@ install-systemd:
 	fi
 	@if [ -z "$(DESTDIR)" ]; then \
 	    $(RELEASER_PREFIX)/.venv/bin/python -m releaser.unit_paths \
-	        --config $(RELEASER_CONF_DIR)/releaser.toml --unit-dir $(SYSTEMD_UNIT_DIR) && \
+	        --config $(RELEASER_CONF_DIR)/releaser.toml --unit-dir $(SYSTEMD_UNIT_DIR) \
+	        --group $(RELEASER_GROUP) && \
 	    if [ ! -e /usr/local/bin/releaser ] || [ -L /usr/local/bin/releaser ]; then \
 	        ln -sfn $(RELEASER_PREFIX)/.venv/bin/releaser /usr/local/bin/releaser; fi; \
+	fi
+	@# init as the service user sets every mode in the store (idempotent; repairs old stores)
+	@if [ -z "$(DESTDIR)" ]; then \
+	    runuser -u releaser -- $(RELEASER_PREFIX)/.venv/bin/releaser \
+	        --config $(RELEASER_CONF_DIR)/releaser.toml init \
+	    || echo "warning: releaser init as user releaser failed; run it once the config is right"; \
 	fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed: $(notdir $(wildcard systemd/*.service)); next: systemctl enable --now releaser-monitor"

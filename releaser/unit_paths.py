@@ -13,12 +13,18 @@ the start (226/NAMESPACE). From the config this makes
 - one drop-in per unit (`<unit>.d/50-paths.conf`) whose ReadWritePaths= are
   exactly those folders, so a changed live_path, root or inbox takes effect by
   running `make install-systemd` again.
+With --group (`make install-systemd` passes `releasers`, README "Users and
+permissions"), a created store root or live folder is user:group 2775 so the
+publishers' group can write it, and an existing store root owned by the service user
+is given that group and 2775 (the store is the service user's; the live folder, which
+may be the app's, is still only reported).
 Idempotent: a second run with the same config changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import pwd
 import stat
@@ -60,9 +66,17 @@ def _writable_by(path: Path, user: pwd.struct_passwd) -> bool:
     return bool(st.st_mode & stat.S_IWOTH)
 
 
-def ensure(folder: Folder, user: pwd.struct_passwd) -> str:
-    """Create the folder for the service user, or check an existing one; a report line."""
+def ensure(folder: Folder, user: pwd.struct_passwd, gid: int | None = None) -> str:
+    """Create the folder for the service user, or check an existing one; a report line.
+    gid: the publishers' group (see the module docstring)."""
     path = folder.path
+    mode = MODES[folder.role] if gid is None else 0o2775
+    if path.is_dir() and gid is not None and folder.role == "root":
+        st = path.stat()
+        if st.st_uid == user.pw_uid and (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, mode):
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)
+            return f"{path}: group and mode set for the publishers ({mode:o})"
     if path.is_dir():
         if _writable_by(path, user):
             return f"{path}: exists, writable by {user.pw_name}"
@@ -72,9 +86,9 @@ def ensure(folder: Folder, user: pwd.struct_passwd) -> str:
     for p in reversed(missing[1:]):
         p.mkdir(mode=0o755)
     path.mkdir()
-    os.chown(path, user.pw_uid, user.pw_gid)
-    os.chmod(path, MODES[folder.role])  # explicit: whatever the umask
-    return f"{path}: created, owner {user.pw_name}, mode {MODES[folder.role]:o}"
+    os.chown(path, user.pw_uid, user.pw_gid if gid is None else gid)
+    os.chmod(path, mode)  # explicit: whatever the umask
+    return f"{path}: created, owner {user.pw_name}, mode {mode:o}"
 
 
 def dropin_text(config_path: Path, paths: list[Path]) -> str:
@@ -106,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--unit-dir", type=Path, required=True)
     parser.add_argument("--user", default="releaser")
+    parser.add_argument("--group", default=None,
+                        help="the publishers' group: created folders are user:GROUP 2775")
     args = parser.parse_args(argv)
     try:
         user = pwd.getpwnam(args.user)
@@ -117,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     except ReleaserError as exc:
         print(f"{exc.message}", file=sys.stderr)
         return 2
+    gid = None
+    if args.group is not None:
+        try:
+            gid = grp.getgrnam(args.group).gr_gid
+        except KeyError:
+            print(f"{args.group}: no such group (make install-systemd creates it)",
+                  file=sys.stderr)
+            return 2
     for f in found:
-        print(ensure(f, user))
+        print(ensure(f, user, gid))
     for path in write_dropins(args.config, found, args.unit_dir):
         print(f"{path}: ReadWritePaths= from {args.config}")
     return 0
