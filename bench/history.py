@@ -87,11 +87,9 @@ def _time(fn: object) -> float:
 def measure(work: Path, n_old: int, runs: int) -> dict[str, float]:
     config, a, b = _store(work, n_old)
     times: dict[str, list[float]] = {c: [] for c in COMMANDS}
-    live_is_a = True
     for _ in range(runs):
-        # publish the build that is not live, then roll back to the one that was
-        src = b if live_is_a else a
-        times["publish"].append(_time(lambda: _cli(config, "publish", str(src), "--no-wait")))
+        # a is live: publish b, then roll back to a
+        times["publish"].append(_time(lambda: _cli(config, "publish", str(b), "--no-wait")))
         times["rollback"].append(_time(lambda: _cli(config, "rollback")))
         times["status"].append(_time(lambda: _cli(config, "status", "--json")))
         times["releases"].append(_time(lambda: _cli(config, "releases", "--json")))

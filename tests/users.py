@@ -131,7 +131,7 @@ class Runtime:
         exe.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(site)!r})\n"
                        "from releaser.cli import main\nmain()\n")
         subprocess.run([python, "-m", "compileall", "-q", str(site)], check=True)
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, _dirs, filenames in os.walk(root):
             os.chmod(dirpath, 0o755)
             for name in filenames:
                 os.chmod(os.path.join(dirpath, name), 0o644)
