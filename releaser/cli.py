@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import EXIT_IO, ReleaserError
+from .errors import EXIT_IO, EXIT_USAGE, ReleaserError
 from .log import setup_logging
 from .signals import interrupt_on_signals
 
@@ -87,6 +87,13 @@ class ReleaserGroup(click.Group):
             where = Path(settings.config.root / "state.db" if settings else "state.db")
             problem = classify(where, exc, BUSY_TIMEOUT_S)
             raise _click_error(problem.message, problem.exit_code) from None
+        except PermissionError as exc:
+            # who may do what is configuration (README "Users and permissions"): exit 2
+            if _debug(ctx):
+                raise
+            where = exc.filename or "releaser"
+            raise _click_error(f"{where}: permission denied for user {getpass.getuser()}; "
+                               'see README "Users and permissions"', EXIT_USAGE) from None
         except OSError as exc:
             if _debug(ctx):
                 raise
@@ -464,6 +471,10 @@ def status(as_json: bool) -> None:
         click.echo(f"lock:      held by pid {lk['pid']} ({lk['command']}) since {lk['since']}")
     for problem in doc["problems"]:
         click.echo(f"problem:   {problem}")
+    if doc.get("stale_readers_unknown"):
+        click.echo("stale readers: unknown: could not look at other users' processes (the "
+                   "app's) without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE; run as root, or see "
+                   'README "Users and permissions"')
     for r in doc.get("stale_readers", []):
         click.echo(f"stale reader: pid {r['pid']} ({r['command'][:80]}) still has release "
                    f"{r['release_id']} open{' (deleted)' if r['deleted'] else ''}; it has "
@@ -524,10 +535,15 @@ def check(full_hash: bool, no_integrity: bool, as_json: bool) -> None:
         for reason in report.reasons:
             click.echo(f"  {reason}")
     if not report.ok:
+        if not report.recorded:
+            click.echo(f"(not recorded: user {getpass.getuser()} cannot write state.db)",
+                       err=True)
         raise _click_error(
             f"{_settings().config.live_path}: unhealthy: {report.reasons[0]}", 1)
     if not as_json:
         click.echo(f"healthy: release {report.release_id} ({report.duration_ms:.1f} ms)")
+    if not report.recorded:
+        click.echo(f"(not recorded: user {getpass.getuser()} cannot write state.db)", err=True)
 
 
 @cli.command()
@@ -605,8 +621,11 @@ def diff(a: str | None, b: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="How many releases, newest first.")
+@click.option("--all", "show_all", is_flag=True, help="Every recorded release (no limit).")
 @json_option
-def releases(as_json: bool) -> None:
+def releases(limit: int, show_all: bool, as_json: bool) -> None:
     """List the recorded releases: id, published time, sha256, status, note.
 
     Status is live or idle for the two slots, otherwise good, bad, rejected
@@ -616,11 +635,11 @@ def releases(as_json: bool) -> None:
     \b
     Examples:
       releaser releases
-      releaser releases --json | jq '.[] | select(.rollback_ok) | .release_id'
+      releaser releases --all --json | jq '.[] | select(.rollback_ok) | .release_id'
     """
     from .views import releases as list_releases
 
-    rows = list_releases(_settings().config)
+    rows = list_releases(_settings().config, None if show_all else limit)
     if as_json:
         emit_json(rows)
         return

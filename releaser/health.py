@@ -8,12 +8,13 @@ read the whole file, so callers ask for them only every N checks.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gates
+from . import access, gates
 from .config import Config
 from .db import ReadOnlyDB
 from .staging import sha256_file
@@ -31,6 +32,7 @@ class HealthReport:
     duration_ms: float = 0.0
     hashed: bool = False
     integrity_checked: bool = False
+    recorded: bool = True  # False: the user could not write state.db (a reader's check)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class HealthReport:
             "reasons": self.reasons,
             "hashed": self.hashed,
             "integrity_checked": self.integrity_checked,
+            "recorded": self.recorded,
             "duration_ms": self.duration_ms,
             "checks": [r.as_dict() for r in self.results],
         }
@@ -81,6 +84,14 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
         return report
     assert target is not None
     if not _identity_ok(report, target, release, state):
+        return report
+    # the app is another user: the release and the store's folders on its way must be
+    # open to others, even though this user (the owner, a group member) can read them
+    app_problems = access.app_access_problems(
+        Path(os.path.realpath(store.live_path)),
+        [store.root, store.slots_dir, target.parent, store.live_path.parent])
+    if app_problems:
+        report.reasons.extend(app_problems)
         return report
 
     file_result = gates.check_file(target)
@@ -151,8 +162,9 @@ def identity_problem(path: Path, release: Release, state: StateDB) -> str | None
     if digest != release.sha256:
         return (f"inode/mtime and sha256 differ: {digest[:12]}… is not "
                 f"{release.sha256[:12]}…; it was replaced or modified")
-    with state.transaction():
-        state.set_file_identity(release.id, st.st_ino, st.st_mtime_ns)
+    if not state.readonly:  # a reader's check settles it for itself only
+        with state.transaction():
+            state.set_file_identity(release.id, st.st_ino, st.st_mtime_ns)
     return None
 
 

@@ -162,7 +162,7 @@ class ReleaserCollector(Collector):
             "0 when state.db is missing, empty, damaged or busy: rollback still works from "
             "the journal and manifests; run `releaser fsck --repair`.")
         try:
-            state = statefile.open_state(store)
+            state = statefile.open_state(store, readonly=True)
         except statefile.StateUnusable as exc:
             # never create a state.db here; live and the check figures still count
             usable.add_metric([], 1.0 if exc.kind == "busy" else 0.0)
@@ -180,10 +180,18 @@ class ReleaserCollector(Collector):
                 info.add_metric([str(rel.id), rel.sha256, store.live_slot() or ""], {})
             yield info
             # an app that did not reopen live_path after a swap still reads an old release
+            # NaN, never 0, when other users' processes (the app) could not be looked at
+            scan = readers.scan(store)
             yield GaugeMetricFamily(
                 "releaser_stale_readers",
-                "Processes holding a release file other than the live one open.",
-                value=len(readers.stale_readers(store)))
+                "Processes holding a release file other than the live one open "
+                "(NaN: unknown, see releaser_stale_readers_unknown).",
+                value=len(scan.readers) if scan.complete else float("nan"))
+            yield GaugeMetricFamily(
+                "releaser_stale_readers_unknown",
+                "1 when the monitor cannot inspect other users' processes (needs "
+                "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE), so the stale-reader count is unknown.",
+                value=0 if scan.complete else 1)
             for name, (doc, parts) in EVENT_COUNTERS.items():
                 total = sum(state.count_events(action, outcomes) for action, outcomes in parts)
                 yield CounterMetricFamily(name, doc, value=total)

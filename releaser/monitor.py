@@ -54,7 +54,17 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from . import analysis_watch, health, notify, rollback, sdnotify, session, statefile, views
+from . import (
+    access,
+    analysis_watch,
+    health,
+    notify,
+    rollback,
+    sdnotify,
+    session,
+    statefile,
+    views,
+)
 from .config import Config
 from .db import QueryTimeout
 from .errors import LockBusy, ReleaserError
@@ -407,6 +417,10 @@ class Monitor:
 
     def run(self, *, listen: str | None = None, announce: Any = None) -> int:
         """Serve metrics, run the schedule until SIGTERM/SIGINT; returns the exit code."""
+        # the unit grants CAP_SYS_PTRACE (to see the app's /proc/PID/fd): keep it for this
+        # process only, before any thread or hook starts
+        if access.drop_inheritable_capabilities():
+            log.debug("dropped inheritable and ambient capabilities")
         # fail fast (exit 2) when there is no store, instead of checking nothing forever
         with session.open_store(self.config, degraded_ok=True) as ctx:
             self.stats.last_success_ts = _iso_to_unix(

@@ -9,21 +9,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import gates
+from . import access, gates
 from .errors import UsageError
 from .store import Store
 
 
 def check_source_path(source: Path) -> None:
-    """Path-level checks on a database to read (exit 2): the gates check the content."""
+    """Path-level checks on a database to read (exit 2): the gates check the content.
+
+    A build this user cannot read is exit 2 whatever the reason (the file's mode, or
+    a folder on the way it may not enter, such as another user's 0700 home)."""
+    problem = access.source_problem(source)
+    if problem:
+        raise UsageError(problem)
     if source.is_symlink() and not source.exists():
         raise UsageError(f"{source}: is a dangling symlink (points to {os.readlink(source)})")
     if not source.exists():
         raise UsageError(f"{source}: no such file; pass the path of the built database")
     if source.is_dir():
         raise UsageError(f"{source}: is a folder; pass the database file inside it")
-    if not os.access(source, os.R_OK):
-        raise UsageError(f"{source}: permission denied; make it readable by this user")
     if not source.is_file():
         raise UsageError(f"{source}: is not a regular file")
 

@@ -146,11 +146,7 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         store.discard(staged)  # no-op once renamed into place
 
     _before_swap(ctx, result, rid, actor=actor)
-    try:
-        store.clear_slot(slot, keep=rid)
-    except (OSError, StoreIOError) as exc:
-        _abort_placed(ctx, rid, actor=actor, error=exc)
-        raise
+    # the slot's previous release stays beside the new one until the swap succeeded
     previous_target = store.live_target()
     with state.transaction():  # reconcile's clue that this release may have been live
         state.set_status(rid, "good", SWAPPING)
@@ -194,6 +190,10 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
             f"interrupted after the swap ({type(exc).__name__}: {exc}); swapped back to "
             f"{back}") from None
     result.outcome = "published"
+    try:
+        store.clear_slot(slot, keep=rid)  # the previous idle release: into the archive
+    except StoreIOError as exc:  # published; reconcile retries under the next lock
+        log.warning("%s", exc.message)
     target = previous_release(ctx, rid)
     result.rollback_target = target.id if target else None
     log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
@@ -306,6 +306,5 @@ def prune_archive(ctx: Context) -> list[int]:
     """Keep the newest keep_releases good releases plus live and idle; bad ones use no place."""
     store, state = ctx.store, ctx.state
     keep = {rid for s in SLOTS for rid in store.slot_files(s)}
-    good = [r.id for r in state.releases(statuses=("good",)) if r.published_at]
-    keep.update(good[: ctx.config.keep_releases])
+    keep.update(state.newest_published_good(ctx.config.keep_releases))
     return store.prune_archive(keep)

@@ -6,7 +6,9 @@ scanning /proc/*/fd: each fd whose link points at a release file in the store
 (slot or archive, even one deleted since) that is not the live target's inode.
 
 Only processes this user may inspect are visible (the same user, or all of
-them for root / CAP_SYS_PTRACE); the others are skipped silently.
+them with CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, which root has). Without it the app (another user) is
+invisible, so scan() says the count is incomplete: callers report it as unknown,
+never as zero (README "Users and permissions").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import access
 from .store import Store, release_id_of
 
 PROC = Path("/proc")
@@ -56,6 +59,18 @@ def _inode(path: Path | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True)
+class Scan:
+    readers: list[StaleReader]
+    complete: bool  # False: other users' processes could not be inspected
+
+
+def scan(store: Store, live_target: Path | None = None) -> Scan:
+    """stale_readers, and whether every process could be looked at."""
+    complete = access.can_see_other_users_processes()
+    return Scan(stale_readers(store, live_target), complete)
 
 
 def stale_readers(store: Store, live_target: Path | None = None) -> list[StaleReader]:

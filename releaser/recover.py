@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from . import gates, statefile
+from . import access, gates, statefile
 from .config import Config
 from .db import read_header
 from .errors import UsageError
@@ -82,21 +82,26 @@ def _adopt(ctx: Context, actor: str) -> dict[str, Any]:
     slot = SLOTS[0]
     # a WAL-mode file gets a converted copy (rollback-journal mode, like every release);
     # any other file keeps its inode
+    staged = None
     if (header is not None and not header.wal_mode
             and os.stat(live).st_dev == os.stat(store.slot_dir(slot)).st_dev):
         # same filesystem: a hard link keeps the app's inode, no copy needed
         staged_path = store.slot_dir(slot) / f"{STAGING_PREFIX}adopt-{os.getpid()}.db"
-        os.link(live, staged_path)
-        staged = Staged(path=staged_path, slot=slot, sha256=sha256_file(live),
-                        size=live.stat().st_size, method="hardlink")
-    else:
+        try:
+            os.link(live, staged_path)
+        except PermissionError:
+            pass  # another user's file (fs.protected_hardlinks): copy it instead
+        else:
+            staged = Staged(path=staged_path, slot=slot, sha256=sha256_file(live),
+                            size=live.stat().st_size, method="hardlink")
+    if staged is None:
         staged = store.stage(live, slot)
     with state.transaction():
         rid = state.add_release(
             sha256=staged.sha256, size=staged.size, source=str(live), note="adopted by init",
             status="good", report=report.as_dict())
     final = store.place(staged, rid)
-    os.chmod(final, 0o444)
+    access.set_mode(final, access.RELEASE_MODE)
     ident = FileIdentity.of(final)
     store.swap(final)
     with state.transaction():
@@ -124,9 +129,7 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
     # journal lines written while state.db was unusable come first, in their order
     notes += statefile.sync(state, store)
     live_id = store.live_release_id()
-    for rel in state.releases(statuses=("good",)):
-        if rel.published_at is not None:
-            continue
+    for rel in state.unpublished_good():
         if rel.id == live_id:
             notes.append(_recover_unrecorded_publish(ctx, rel, actor=actor))
         else:
@@ -166,7 +169,11 @@ def reconcile(ctx: Context, *, actor: str) -> list[str]:
             good = [rid for rid in files
                     if (r := state.release(rid)) and r.status == "good" and r.published_at]
             keep = live_id if live_id in files else max(good or files)
-            store.clear_slot(slot, keep)
+            for rid in files:
+                if rid in good and rid != keep:
+                    store.move_release(rid, store.archive_dir)
+                elif rid != keep:  # never published: nothing to keep
+                    store.remove_release_files(rid)
     for note in notes:
         log.warning("reconcile: %s", note)
     return notes

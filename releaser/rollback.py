@@ -2,7 +2,7 @@
 -> record.
 
 The cost depends on neither the release's size nor history's length: the target is
-put in a slot by hard link (from the archive if needed) and checked by identity
+put in a slot by rename (from the archive if needed; whoever owns the file) and checked by identity
 (inode, mtime; one hash only if they moved), header, schema and probes, never a
 full read. A target failing its check is refused and recorded; live stays.
 revert_live (the monitor) never reverts twice away from the same bad release, nor
@@ -236,9 +236,9 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
                          f"{problem}")
     slot = store.slot_of(source)
     if slot is None:
+        # renamed in beside the idle release, which stays until the swap succeeded
         slot = store.idle_slot()
         source = store.restore_from_archive(target.id, slot)
-        store.clear_slot(slot, keep=target.id)
     signal_name = None
     try:
         # a signal during the swap or its record is raised once both are whole
@@ -255,6 +255,11 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
                     reason=reason, detail=detail)
     except KeyboardInterrupt as exc:
         signal_name = exc.args[0] if exc.args else "SIGINT"
+    if store.points_at(source):
+        try:  # the previous idle release leaves the slot only now the swap succeeded
+            store.clear_slot(slot, keep=target.id)
+        except StoreIOError as exc:  # done; reconcile retries under the next lock
+            log.warning("%s", exc.message)
     log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
     try:
         # the app hears of the swap even when a signal came during it

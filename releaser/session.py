@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import statefile
+from . import access, statefile
 from .config import Config
 from .errors import StoreIOError, UsageError
 from .journal import Journal
@@ -49,17 +49,21 @@ def state_hooks(store: Store) -> dict[str, Any]:
 @contextmanager
 def open_store(config: Config, *, create: bool = False, degraded_ok: bool = False,
                write: bool = False, busy_s: float = statefile.BUSY_TIMEOUT_S,
-               degraded: statefile.StateUnusable | None = None) -> Iterator[Context]:
+               degraded: statefile.StateUnusable | None = None,
+               readonly: bool = False) -> Iterator[Context]:
     """degraded_ok: when state.db is unusable, work on a rebuild from the journal and
     the manifests (statefile.py) instead of failing; `degraded` forces that.
-    write: make sure state.db's write lock can be had within busy_s."""
+    write: make sure state.db's write lock can be had within busy_s.
+    readonly: state.db opened mode=ro (status, history, releases, diff, check,
+    validate), so anyone who can read the store can run them."""
     store = require_store(config, create=create)
     hooks = state_hooks(store)
     if degraded is not None:
         state = statefile.open_degraded(store, degraded, **hooks)
     else:
         try:
-            state = statefile.open_state(store, write=write, busy_s=busy_s, **hooks)
+            state = statefile.open_state(store, write=write, busy_s=busy_s,
+                                         readonly=readonly, **hooks)
         except statefile.StateUnusable as exc:
             if not degraded_ok:
                 raise
@@ -79,9 +83,17 @@ def require_store(config: Config, *, create: bool = False) -> Store:
         try:
             store.create()
         except OSError as exc:
+            if access.is_permission_error(exc):
+                raise UsageError(
+                    f"{exc.filename}: permission denied: user {access.user_name()} cannot "
+                    f"create the store there ({access.GUIDE})") from None
             raise StoreIOError(f"{exc.filename}: cannot create the store: {exc.strerror}"
                                ) from None
     elif not store.exists():
+        if store.root.exists() and not os.access(store.root, os.R_OK | os.X_OK):
+            raise UsageError(
+                f"{config.root}: permission denied: user {access.user_name()} cannot read "
+                f"the store ({access.GUIDE})")
         raise UsageError(
             f"{config.root}: no releaser store here; run `releaser init` first"
             + (f" (config: {config.source})" if config.source else ""))
@@ -106,7 +118,7 @@ def previous_release(ctx: Context, live_id: int | None,
     (the caller says so: the user expected that one)."""
     rolled_back: set[int] = set()
     seen: set[int] = set()
-    for event in ctx.state.live_transitions():
+    for event in ctx.state.iter_live_transitions():
         if event.action in ("rollback", "auto-revert") and event.from_release_id is not None:
             rolled_back.add(event.from_release_id)
         rid = event.release_id
@@ -165,7 +177,7 @@ def read_view(config: Config, view: Callable[[Context], T]) -> T:
     """A read-only view (status, history, releases) on state.db, or on its rebuild from
     the journal and the manifests when state.db is unusable or found damaged part-way."""
     try:
-        with open_store(config, degraded_ok=True) as ctx:
+        with open_store(config, degraded_ok=True, readonly=True) as ctx:
             return view(ctx)
     except sqlite3.DatabaseError as exc:
         if not statefile.is_damage(exc):

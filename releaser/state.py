@@ -10,13 +10,30 @@ is committed, and a changed release's manifest is rewritten beside its files
 `degraded` is an in-memory rebuild used while state.db is unusable: its changes
 go to the journal marked degraded. Release ids are never reused: a new id is
 above every id state.db, the store's files and manifests (`id_floor`) know.
+The one exception to append-only is compaction (`[history] keep_events`): it first
+records, in `compactions`, up to which event id it removes, and the trigger lets
+only events at or below the newest such mark go; what they counted is kept in
+`counters`.
+
+Cost does not grow with history: the verbs ask for the rows they need (by id, by
+index, with LIMIT); nothing loads every release or event except `releases --all`
+and `history` without a limit.
+
+Readers (status, history, releases, diff, check, validate) open state.db with
+`mode=ro` (readonly=True) and never write. WAL mode needs a -shm file: a user who
+may not create one (not in the publishers' group) reads state.db as an immutable
+file when no writer has it open (then there is no -wal: SQLite checkpoints and
+removes it at the last close), and shares the writer's -wal/-shm (mode 0664, as
+state.db) when one has.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,8 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import manifest
-from .errors import StoreIOError
+from . import access, manifest
+from .errors import StoreIOError, UsageError
 from .journal import Journal, event_entry, new_uid, release_entry
 from .rebuild import ensure_uid_column
 
@@ -61,8 +78,21 @@ CREATE INDEX IF NOT EXISTS events_release ON events(release_id);
 CREATE INDEX IF NOT EXISTS events_action ON events(action, outcome);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+-- compaction marks: events up to through_event_id may be deleted, no others
+CREATE TABLE IF NOT EXISTS compactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    through_event_id INTEGER NOT NULL,
+    events_removed INTEGER NOT NULL,
+    releases_removed INTEGER NOT NULL
+);
+DROP TRIGGER IF EXISTS events_no_delete;
+CREATE TRIGGER IF NOT EXISTS events_no_delete_above_compaction BEFORE DELETE ON events
+WHEN OLD.id > (SELECT COALESCE(MAX(through_event_id), 0) FROM compactions)
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE INDEX IF NOT EXISTS releases_unpublished ON releases(id)
+    WHERE status = 'good' AND published_at IS NULL;
+CREATE INDEX IF NOT EXISTS releases_status ON releases(status, id);
 CREATE TABLE IF NOT EXISTS health_checks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -156,27 +186,43 @@ class StateDB:
     """state.db: WAL so the monitor and `status` can read while an operation writes.
 
     timeout_s bounds every wait for another process's write transaction (statefile.py
-    turns a timeout into one line naming the holder)."""
+    turns a timeout into one line naming the holder). readonly: mode=ro, for the
+    read-only verbs (see the module docstring)."""
 
     def __init__(self, path: Path, *, timeout_s: float = 2.0, journal: Journal | None = None,
                  on_release: Callable[[dict[str, Any]], None] | None = None,
                  id_floor: Callable[[], int] | None = None,
-                 degraded: str | None = None) -> None:
+                 degraded: str | None = None, readonly: bool = False) -> None:
         self.path = path
         self.journal = journal
         self.on_release = on_release
         self.id_floor = id_floor
         self.degraded = degraded  # why state.db is unusable: this is an in-memory rebuild
+        self.readonly = readonly
         self._pending: list[dict[str, Any]] = []
         self._dirty: set[int] = set()
+        if readonly and degraded is None:
+            self.conn = _open_readonly(path, timeout_s)
+            self._has_uid = "uid" in {
+                r[1] for r in self.conn.execute("PRAGMA table_info(events)")}
+            return
+        created = degraded is None and not path.exists()
         try:
             self.conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
+            if degraded is None and (created or os.stat(path).st_uid == os.geteuid()):
+                # 0664 whatever the umask; SQLite gives -wal/-shm/-journal this mode
+                access.set_mode(path, access.SHARED_FILE_MODE)
             if degraded is None:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
+            if "readonly" in str(exc):
+                raise UsageError(
+                    f"{path}: permission denied: user {access.user_name()} cannot write the "
+                    f"state database; publishers must be in group "
+                    f"{access.group_of(path.parent)} ({access.GUIDE})") from None
             raise StoreIOError(f"{path}: cannot open the state database: {exc}") from exc
         try:
             ensure_uid_column(self.conn)
@@ -306,14 +352,31 @@ class StateDB:
         row = self.conn.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
         return Release.from_row(row) if row else None
 
-    def releases(self, *, statuses: tuple[str, ...] | None = None) -> list[Release]:
+    def releases(self, *, statuses: tuple[str, ...] | None = None,
+                 limit: int | None = None) -> list[Release]:
+        """Newest first; limit: only that many (the newest)."""
         sql = "SELECT * FROM releases"
         params: tuple[Any, ...] = ()
         if statuses:
             sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
             params = statuses
-        rows = self.conn.execute(sql + " ORDER BY id DESC", params).fetchall()
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return [Release.from_row(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def unpublished_good(self) -> list[Release]:
+        """Releases recorded good but never marked published (an interrupted publish)."""
+        rows = self.conn.execute(
+            "SELECT * FROM releases WHERE status = 'good' AND published_at IS NULL"
+            " ORDER BY id").fetchall()
         return [Release.from_row(r) for r in rows]
+
+    def newest_published_good(self, n: int) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM releases WHERE status = 'good' AND published_at IS NOT NULL"
+            " ORDER BY id DESC LIMIT ?", (n,))]
 
     # -- events -----------------------------------------------------------
 
@@ -364,6 +427,19 @@ class StateDB:
         d.setdefault("uid", None)
         return Event(**d)
 
+    def iter_live_transitions(self) -> Iterator[Event]:
+        """live_transitions, newest first, read lazily: a caller that stops early
+        (previous_release, nearly always at the first or second) reads no more."""
+        sql = (f"SELECT * FROM events WHERE action IN ({','.join('?' * len(LIVE_ACTIONS))})"
+               f" AND outcome IN ({','.join('?' * len(LIVE_OUTCOMES))}) ORDER BY id DESC")
+        cur = self.conn.execute(sql, (*LIVE_ACTIONS, *LIVE_OUTCOMES))
+        try:
+            while rows := cur.fetchmany(16):
+                for row in rows:
+                    yield self._event(row)
+        finally:
+            cur.close()
+
     def live_transitions(self, limit: int | None = None) -> list[Event]:
         """Events that made a release live, newest first.
 
@@ -390,7 +466,53 @@ class StateDB:
         if outcomes:
             sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
             params += outcomes
-        return int(self.conn.execute(sql, params).fetchone()[0])
+        n = int(self.conn.execute(sql, params).fetchone()[0])
+        # events removed by compaction still count (metrics are monotonic)
+        like = [f"compacted:{action}:{o}" for o in outcomes] if outcomes else None
+        if like:
+            row = self.conn.execute(
+                f"SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
+                f"({','.join('?' * len(like))})", like).fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE ?",
+                (f"compacted:{action}:%",)).fetchone()
+        return n + int(row[0])
+
+    def compact(self, keep_events: int, on_disk: set[int]) -> tuple[int, int]:
+        """Remove all but the newest keep_events events, and release rows no kept event
+        names that are older than every kept event's release and not on disk.
+        Their counts go into `counters` first. Returns (events, releases) removed.
+        Cost: the rows removed (by id), so it stays flat when run after each publish."""
+        if keep_events <= 0:
+            return 0, 0
+        with self.transaction() as conn:
+            newest = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+            through = newest - keep_events
+            oldest = conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
+            if oldest is None or through < oldest:
+                return 0, 0
+            for action, outcome, n in conn.execute(
+                    "SELECT action, outcome, COUNT(*) FROM events WHERE id <= ?"
+                    " GROUP BY action, outcome", (through,)).fetchall():
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
+                             " DO UPDATE SET value = value + excluded.value",
+                             (f"compacted:{action}:{outcome}", n))
+            conn.execute("INSERT INTO compactions (at, through_event_id, events_removed,"
+                         " releases_removed) VALUES (?, ?, 0, 0)", (utcnow(), through))
+            events = conn.execute("DELETE FROM events WHERE id <= ?", (through,)).rowcount
+            floor = conn.execute(
+                "SELECT MIN(m) FROM (SELECT MIN(release_id) AS m FROM events UNION ALL "
+                "SELECT MIN(from_release_id) FROM events)").fetchone()[0]
+            releases = 0
+            if floor is not None:
+                keep = sorted(r for r in on_disk if r < floor)
+                releases = conn.execute(
+                    f"DELETE FROM releases WHERE id < ? AND id NOT IN "
+                    f"({','.join('?' * len(keep)) or 'NULL'})", (floor, *keep)).rowcount
+            conn.execute("UPDATE compactions SET events_removed = ?, releases_removed = ?"
+                         " WHERE id = last_insert_rowid()", (events, releases))
+        return events, releases
 
     # -- health checks ----------------------------------------------------
 
@@ -456,3 +578,31 @@ class StateDB:
             "SELECT at FROM health_checks WHERE ok=1 ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return row["at"] if row else None
+
+
+def _open_readonly(path: Path, timeout_s: float = 2.0) -> sqlite3.Connection:
+    """state.db for reading only (mode=ro). A user who cannot create the WAL's -shm
+    file reads it as immutable when no -wal exists (nothing uncheckpointed)."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    if not os.access(path, os.R_OK):
+        raise UsageError(
+            f"{path}: permission denied: user {access.user_name()} cannot read the state "
+            f"database; make the store readable (state.db 0664, folders 2775; "
+            f"{access.GUIDE})")
+    attempts = [uri]
+    if (not os.path.exists(f"{path}-wal") and not os.path.exists(f"{path}-shm")
+            and not os.access(path.parent, os.W_OK)):
+        attempts.append(uri + "&immutable=1")
+    last: sqlite3.Error | None = None
+    for attempt in attempts:
+        conn = sqlite3.connect(attempt, uri=True, timeout=timeout_s, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            conn.close()
+            last = exc
+    raise StoreIOError(f"{path}: cannot read the state database: {last}; a publisher "
+                       "(group member) running `releaser status` once repairs a leftover "
+                       "-wal or -journal") from None

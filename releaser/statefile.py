@@ -121,7 +121,7 @@ def classify(path: Path, exc: sqlite3.Error, waited_s: float) -> StateUnusable:
 
 
 def open_state(store: Store, *, write: bool = False, busy_s: float = BUSY_TIMEOUT_S,
-               **hooks: Any) -> StateDB:
+               readonly: bool = False, **hooks: Any) -> StateDB:
     """The real state.db, checked usable; raises StateUnusable.
 
     write: also make sure this process can take the write lock within busy_s.
@@ -132,7 +132,7 @@ def open_state(store: Store, *, write: bool = False, busy_s: float = BUSY_TIMEOU
         raise problem
     path = store.state_path
     try:
-        state = StateDB(path, timeout_s=busy_s, **hooks)
+        state = StateDB(path, timeout_s=busy_s, readonly=readonly, **hooks)
     except sqlite3.Error as exc:
         raise classify(path, exc, busy_s) from None
     except StoreIOError as exc:

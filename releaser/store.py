@@ -1,18 +1,27 @@
 """The store on disk: two slots, the live symlink, the archive, the lock.
 
 Layout under `root`:
-    slots/blue/release-<id>.db     one release file per slot
+    slots/blue/release-<id>.db     one release file per slot (two during a swap)
     slots/green/release-<id>.db
-    archive/release-<id>.db        hard links to the last good releases
+    archive/release-<id>.db        the other kept releases (keep_releases)
     state.db                       releases and events (see state.py)
     lock                           flock target; holds the holder's pid/command
+
+A release file has exactly one name: in a slot or in the archive. It moves between
+them by rename (move_release, the one place that moves a release, with any
+its manifest release-<id>.json), never by hard link: the kernel's
+fs.protected_hardlinks=1 refuses a link to another user's file, and publishers are
+several users (README "Users and permissions"); a rename needs only write access to
+the two folders, keeps the inode (open readers, recorded identity) and costs O(1).
+The previous release leaves a slot only after the swap that replaces it succeeded.
 
 Copying a candidate in is staging.py's job; this module names, links, renames,
 removes and locks. Rules every function here keeps:
 - a release file is never written after it is renamed into place (readers that
   opened it keep its inode); new content is a new file: temp name, fsync, rename;
 - the live symlink changes only by os.replace of a fully-made symlink, followed
-  by an fsync of its folder, so `live_path` always names a whole release.
+  by an fsync of its folder, so `live_path` always names a whole release;
+- folders are made 2775 and the lock 0664 explicitly, whatever the umask (access.py).
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import manifest, staging
+from . import access, manifest, staging
 from .errors import LockBusy, StoreIOError
-from .files import fsync_dir, io_error, link_atomically, remove_quietly
+from .files import fsync_dir, io_error, remove_quietly
 from .staging import ProgressFn, Staged
 
 SLOTS = ("blue", "green")
@@ -79,9 +88,19 @@ class Store:
     # -- layout -----------------------------------------------------------
 
     def create(self) -> None:
-        for d in (self.root, *(self.slot_dir(s) for s in SLOTS), self.archive_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.live_path.parent.mkdir(parents=True, exist_ok=True)
+        """Make (or repair) the folders with their modes, whatever the umask."""
+        for d in (self.root, self.slots_dir, *(self.slot_dir(s) for s in SLOTS),
+                  self.archive_dir):
+            access.make_dir(d)
+        if not self.live_path.parent.exists():
+            access.make_dir(self.live_path.parent)
+        if self.lock_path.exists():
+            access.set_mode(self.lock_path, access.SHARED_FILE_MODE)
+
+    def writable_paths(self) -> list[Path]:
+        """What a publish, rollback or revert writes: checked before anything changes."""
+        return [self.root, self.lock_path, self.state_path,
+                *(self.slot_dir(s) for s in SLOTS), self.archive_dir, self.live_path.parent]
 
     def exists(self) -> bool:
         # not state.db: a store whose state.db is lost is still a store (statefile.py)
@@ -105,6 +124,14 @@ class Store:
 
     def archive_file(self, release_id: int) -> Path:
         return self.archive_dir / release_file_name(release_id)
+
+    def location_of(self, release_id: int) -> Path | None:
+        """The release file, in a slot (preferred) or the archive; None when gone."""
+        name = release_file_name(release_id)
+        for folder in (*(self.slot_dir(s) for s in SLOTS), self.archive_dir):
+            if os.path.lexists(folder / name):
+                return folder / name
+        return None
 
     def archived_ids(self) -> set[int]:
         try:
@@ -201,7 +228,8 @@ class Store:
         remove_quietly(staged.path)
 
     def place(self, staged: Staged, release_id: int) -> Path:
-        """Rename a staged file into its slot as release-<id>.db and archive it (hard link)."""
+        """Rename a staged file into its slot as release-<id>.db (beside the slot's
+        previous release, which stays until the swap has succeeded)."""
         final = self.slot_dir(staged.slot) / release_file_name(release_id)
         staged.durable()  # the data is on disk before the file gets its release name
         self._carry_manifest(release_id, final.parent)  # ...and so is its manifest
@@ -212,35 +240,44 @@ class Store:
             if not final.exists():
                 manifest.remove(final.parent, release_id)
             raise io_error(final, exc) from None
-        self.archive(final, release_id)
         return final
 
-    def archive(self, path: Path, release_id: int) -> None:
-        """Hard-link a release file into the archive: O(1), no second copy on disk."""
-        dest = self.archive_file(release_id)
-        if not dest.exists():
-            tmp = self.archive_dir / f"{STAGING_PREFIX}{release_id}-{secrets.token_hex(4)}"
-            link_atomically(path, tmp, dest)
-        self._carry_manifest(release_id, self.archive_dir)
+    def move_release(self, release_id: int, folder: Path) -> Path:
+        """Move a release into folder (a slot or the archive) by rename: O(1), whoever
+        owns the file. The one place a release moves. Its manifest is written at the
+        destination first and removed from the source last, so wherever the file is
+        (even after a crash in between) its manifest is beside it. Raises StoreIOError
+        when the release is nowhere or the rename fails."""
+        final = folder / release_file_name(release_id)
+        here = self.location_of(release_id)
+        if here is None:
+            raise StoreIOError(f"{final}: release {release_id} is in no slot and not archived")
+        if here.parent == folder:
+            return final
+        self._carry_manifest(release_id, folder)
+        try:
+            if os.path.exists(final) and os.path.samefile(here, final):
+                # a store from before renames: the archive held hard links of slot files
+                # (rename(2) onto another link of the same file does nothing)
+                os.unlink(here)
+            else:
+                os.rename(here, final)
+            fsync_dir(folder)
+            fsync_dir(here.parent)
+        except OSError as exc:
+            raise io_error(final, exc) from None
+        manifest.remove(here.parent, release_id)
+        return final
 
     def restore_from_archive(self, release_id: int, slot: str) -> Path:
-        """Put an archived release into a slot by hard link: O(1) whatever its size."""
-        final = self.slot_dir(slot) / release_file_name(release_id)
-        if not final.exists():
-            link_atomically(self.archive_file(release_id), self._staging_path(slot), final)
-        self._carry_manifest(release_id, final.parent)
-        return final
+        """Put an archived release into a slot (rename): O(1) whatever its size or owner."""
+        return self.move_release(release_id, self.slot_dir(slot))
 
     def clear_slot(self, slot: str, keep: int) -> None:
-        """Remove release files other than `keep` from a slot (they stay in the archive)."""
-        removed = False
-        for rid, path in self.slot_files(slot).items():
+        """Move release files other than `keep` from a slot into the archive."""
+        for rid in self.slot_files(slot):
             if rid != keep:
-                remove_quietly(path)
-                manifest.remove(path.parent, rid)
-                removed = True
-        if removed:
-            fsync_dir(self.slot_dir(slot))
+                self.move_release(rid, self.archive_dir)
 
     def remove_release_files(self, release_id: int) -> None:
         """Remove a release that never went live from its slot and the archive."""
@@ -333,11 +370,14 @@ class Store:
     @contextmanager
     def lock(self, command: str, wait_s: float = 0.0) -> Iterator[None]:
         """Exclusive flock on root/lock; records the holder for `status`."""
+        access.ensure_writable(self.writable_paths(), self.root)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, access.SHARED_FILE_MODE)
         except OSError as exc:
             raise io_error(self.lock_path, exc) from None
         try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                access.set_mode(fd, access.SHARED_FILE_MODE)  # whatever the umask
             deadline = time.monotonic() + max(wait_s, 0.0)
             while True:
                 try:

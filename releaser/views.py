@@ -1,13 +1,16 @@
 """Read-only verbs: validate, status, history, releases, diff, check.
 
 None takes the store lock, changes a release or moves the symlink; `check` only
-appends its result to state.db's health log. validate runs the gates on the file
+appends its result to state.db's health log, and only when this user may write it.
+All open state.db read-only (mode=ro), so anyone who can read the store runs them
+(README "Users and permissions"). None loads more rows than it shows. validate runs the gates on the file
 it is given (no copy), against the live release's baseline when a store exists.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +48,7 @@ def validate(config: Config, source: Path) -> gates.GateReport:
     live: Path | None = None
     store = Store(config.root, config.live_path)
     if store.exists():
-        with open_store(config, degraded_ok=True) as ctx:
+        with open_store(config, degraded_ok=True, readonly=True) as ctx:
             live_id = store.live_release_id()
             live_rel = ctx.state.release(live_id) if live_id else None
             baseline = live_rel.check_values() if live_rel else None
@@ -98,6 +101,7 @@ def _status(ctx: Context, config: Config) -> dict[str, Any]:
     live_rel = ctx.state.release(live_id) if live_id is not None else None
     live["health"] = (health.live_health(store.live_path, live_rel, last_check)
                       if live_rel is not None else None)
+    scan = readers.scan(store)
     return {
         "live_path": str(config.live_path),
         "root": str(config.root),
@@ -113,7 +117,10 @@ def _status(ctx: Context, config: Config) -> dict[str, Any]:
         "problems": problems,
         "state_db": {"usable": ctx.degraded is None, "problem": ctx.degraded},
         # processes still reading a release other than the live one (did not reopen)
-        "stale_readers": [r.as_dict() for r in readers.stale_readers(store)],
+        "stale_readers": [r.as_dict() for r in scan.readers],
+        # True: other users' processes could not be inspected (no CAP_DAC_READ_SEARCH and
+        # CAP_SYS_PTRACE), so stale_readers lists only this user's: the count is unknown
+        "stale_readers_unknown": not scan.complete,
     }
 
 
@@ -125,17 +132,19 @@ def _history(ctx: Context, config: Config, limit: int | None = None) -> list[dic
     return [e.as_dict() for e in ctx.state.events(limit)]
 
 
-def releases(config: Config) -> list[dict[str, Any]]:
-    """Every recorded release, newest first; status is live/idle for the two slots."""
-    return read_view(config, lambda ctx: _releases(ctx, config))
+def releases(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    """The newest `limit` recorded releases (None: all), newest first; status is
+    live/idle for the two slots."""
+    return read_view(config, lambda ctx: _releases(ctx, config, limit))
 
 
-def _releases(ctx: Context, config: Config) -> list[dict[str, Any]]:
+def _releases(ctx: Context, config: Config, limit: int | None = None
+              ) -> list[dict[str, Any]]:
     store = ctx.store
     live_id = store.live_release_id()
     idle_ids = set(store.slot_files(store.idle_slot()))
     out = []
-    for rel in ctx.state.releases():
+    for rel in ctx.state.releases(limit=limit):
         on_disk = file_of(store, rel.id) is not None
         shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
         out.append({
@@ -194,7 +203,7 @@ def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
     store = Store(config.root, config.live_path)
     if a is not None and b is not None and Path(a).exists() and Path(b).exists():
         return diffing.diff_files(_side(None, a), _side(None, b), config)
-    with open_store(config, degraded_ok=True) as ctx:
+    with open_store(config, degraded_ok=True, readonly=True) as ctx:
         live_id = store.live_release_id()
         if b is None:
             if live_id is None:
@@ -212,10 +221,16 @@ def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
 
 def check(config: Config, *, actor: str, full_hash: bool = False,
           integrity: bool = True) -> health.HealthReport:
-    with open_store(config, degraded_ok=True) as ctx:
+    """Recorded in the health log when this user may write state.db (else
+    report.recorded is False: a reader's check answers but leaves no trace)."""
+    store = Store(config.root, config.live_path)
+    writable = all(os.access(p, os.W_OK) for p in (store.root, store.state_path))
+    with open_store(config, degraded_ok=True, readonly=not writable) as ctx:
         report = health.check_live(config, ctx.store, ctx.state, full_hash=full_hash,
                                    integrity=integrity)
-        record_health_check(ctx, report, actor=actor)
+        if writable:
+            record_health_check(ctx, report, actor=actor)
+        report.recorded = writable and not ctx.degraded
         return report
 
 

@@ -131,8 +131,9 @@ class Watcher:
                 raise UsageError(f"{self.inbox}: the inbox is inside the releaser store "
                                  f"({ctx.store.root}); use a folder outside it")
         try:
-            for d in (self.inbox, self.inbox / DONE, self.inbox / REJECTED):
-                d.mkdir(parents=True, exist_ok=True)
+            self.inbox.mkdir(parents=True, exist_ok=True)
+            for d in (self.inbox / DONE, self.inbox / REJECTED):
+                _shared_subfolder(self.inbox, d)
         except OSError as exc:
             raise UsageError(f"{exc.filename}: cannot create the inbox folder: "
                              f"{exc.strerror}") from None
@@ -435,3 +436,23 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _shared_subfolder(inbox: Path, folder: Path) -> None:
+    """done/ and rejected/ belong to the inbox's group with its group rights (setgid),
+    so builders can remove and resubmit their own files: made 2775 for a group-writable
+    inbox, whatever the umask. An existing folder we do not own is left as it is."""
+    st = os.stat(inbox)
+    mode = stat.S_IMODE(st.st_mode) & 0o777
+    if mode & stat.S_IWGRP:
+        mode |= stat.S_ISGID
+    folder.mkdir(exist_ok=True)
+    fst = os.stat(folder)
+    if fst.st_uid != os.geteuid():
+        return
+    if fst.st_gid != st.st_gid:
+        try:
+            os.chown(folder, -1, st.st_gid)  # our own folder: to a group we are in
+        except PermissionError:
+            pass  # not a member of the inbox's group: keep ours
+    os.chmod(folder, mode | stat.S_IRWXU)
