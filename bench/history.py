@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from click.testing import CliRunner  # noqa: E402
 
 from releaser.cli import cli  # noqa: E402
-from releaser.sample import write_sample  # noqa: E402
+from tests.sample import write_sample  # noqa: E402
 
 TARGET = 1.3
 COMMANDS = ("publish", "rollback", "status", "releases", "history", "check")

@@ -83,8 +83,6 @@ import releaser
 for m in pkgutil.walk_packages(releaser.__path__, "releaser."):
     if not m.name.startswith("releaser.fleet"):
         importlib.import_module(m.name)
-# sqlite_utils is imported lazily by the gates
-import sqlite_utils  # noqa: F401
 dists = md.packages_distributions()
 print("\\n".join(sorted({d for name in list(sys.modules) for d in dists.get(
     name.split(".")[0], []) if name.split(".")[0] != "releaser"})))
@@ -224,7 +222,7 @@ class Deployment:
 
     def build(self, role: str, name: str, rows: int, seed: int) -> Path:
         """A real tags.db owned by role, mode 0600, in role's own 0700 home."""
-        from releaser.sample import write_sample
+        from tests.sample import write_sample
         home = self.homes[role]
         path = home / name
         write_sample(path, rows=rows, seed=seed)
