@@ -58,15 +58,30 @@ def group_of(path: Path) -> str:
         return "the store's group"
 
 
+def _chmod(path: Path | int, mode: int) -> None:
+    if isinstance(path, int):
+        os.fchmod(path, mode)
+    else:
+        os.chmod(path, mode)
+
+
 def set_mode(path: Path | int, mode: int) -> None:
-    """chmod to exactly mode; a path we do not own but that already has it is fine."""
+    """chmod to exactly mode; a path we do not own but that already has it is fine.
+
+    Under systemd's RestrictSUIDSGID= a chmod asking for the setgid bit is refused:
+    then the folder keeps the group rights without it (what is created inside then
+    takes the creator's group: the units run with Group=releasers)."""
+    st = os.fstat(path) if isinstance(path, int) else os.stat(path)
+    if stat.S_IMODE(st.st_mode) == mode:
+        return
     try:
-        if isinstance(path, int):
-            os.fchmod(path, mode)
-        else:
-            os.chmod(path, mode)
+        try:
+            _chmod(path, mode)
+        except PermissionError:
+            if not mode & stat.S_ISGID or st.st_uid != os.geteuid():
+                raise
+            _chmod(path, mode & ~stat.S_ISGID)
     except PermissionError:
-        st = os.fstat(path) if isinstance(path, int) else os.stat(path)
         if stat.S_IMODE(st.st_mode) != mode:
             where = path if not isinstance(path, int) else "a store file"
             raise UsageError(

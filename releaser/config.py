@@ -280,6 +280,18 @@ class Diff:
 
 
 @dataclass(frozen=True)
+class History:
+    """[history]: keep_events 0 keeps every event; N > 0 compacts state.db after each
+    publish to the newest N events (and the release rows none of them names)."""
+
+    keep_events: int = 0
+
+    def __post_init__(self) -> None:
+        if self.keep_events < 0:
+            raise ValueError(f"keep_events must be >= 0 (0: keep all), got {self.keep_events}")
+
+
+@dataclass(frozen=True)
 class PrometheusQuery:
     """[[analysis.prometheus]]: one PromQL instant query held to fail bounds."""
 
@@ -360,6 +372,7 @@ class Config:
     diff: Diff = field(default_factory=Diff)
     fleet: Fleet = field(default_factory=Fleet)
     analysis: Analysis = field(default_factory=Analysis)
+    history: History = field(default_factory=History)
     # where the config came from (None: built in code)
     source: Path | None = None
 

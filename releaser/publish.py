@@ -201,6 +201,7 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     announce(ctx, "publish", "published", release_id=rid, sha256=staged.sha256, slot=slot,
               source=result.source, from_release_id=live_id, reasons=result.warnings)
     prune_archive(ctx)
+    compact_history(ctx)
     timer.mark("record")
 
 
@@ -300,6 +301,21 @@ def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
                                   ctx.config)
     except ReleaserError as exc:  # the gate report says why; the diff is only a view
         return {"error": exc.message}
+
+
+def compact_history(ctx: Context) -> tuple[int, int]:
+    """[history] keep_events: drop the oldest events (and release rows none of the kept
+    ones names, not on disk); a cost of the rows removed, so flat per publish."""
+    keep = ctx.config.history.keep_events
+    if keep <= 0:
+        return 0, 0
+    on_disk = {rid for s in SLOTS for rid in ctx.store.slot_files(s)}
+    on_disk |= ctx.store.archived_ids()
+    removed = ctx.state.compact(keep, on_disk)
+    if removed != (0, 0):
+        log.info("history: compacted %d events and %d release rows (keep_events = %d)",
+                 *removed, keep)
+    return removed
 
 
 def prune_archive(ctx: Context) -> list[int]:

@@ -48,7 +48,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from . import publish, sdnotify, session
+from . import access, publish, sdnotify, session
 from .config import Config
 from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, StoreIOError, UsageError
 from .results import PublishResult
@@ -455,4 +455,4 @@ def _shared_subfolder(inbox: Path, folder: Path) -> None:
             os.chown(folder, -1, st.st_gid)  # our own folder: to a group we are in
         except PermissionError:
             pass  # not a member of the inbox's group: keep ours
-    os.chmod(folder, mode | stat.S_IRWXU)
+    access.set_mode(folder, mode | stat.S_IRWXU)

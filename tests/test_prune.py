@@ -7,10 +7,14 @@ from .conftest import Env
 
 
 def archived(env: Env) -> list[int]:
+    """Releases kept on disk: the archive (what `status` lists) plus the two slots
+    (a release is in exactly one of them: it moves by rename)."""
     ids = env.status()["archived"]
     files = sorted(int(p.stem.split("-")[1]) for p in (env.root / "archive").glob("release-*.db"))
     assert ids == files
-    return ids
+    slots = [int(p.stem.split("-")[1]) for p in (env.root / "slots").glob("*/release-*.db")]
+    assert not set(slots) & set(files)
+    return sorted(files + slots)
 
 
 def test_pruning_keeps_exactly_the_newest_good_releases_and_both_slots(env: Env) -> None:
