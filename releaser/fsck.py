@@ -280,8 +280,9 @@ def _rewrite_journal(journal: Journal, jread: JournalRead, report: FsckReport) -
     tmp = journal.path.with_name(f"{STAGING_PREFIX}journal-{os.getpid()}")
     data = "".join(json.dumps(e, separators=(",", ":"), default=str, ensure_ascii=False) + "\n"
                    for e in jread.entries).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o664)
     try:
+        os.fchmod(fd, 0o664)  # every publisher appends to it (README "Users and permissions")
         os.write(fd, data)
         os.fsync(fd)
     finally:

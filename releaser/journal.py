@@ -85,8 +85,10 @@ class Journal:
         if degraded:
             _touch_durably(self.marker)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
         try:
+            if created:  # every publisher appends: group-writable whatever the umask
+                os.fchmod(fd, 0o664)
             if not created and _ends_torn(fd):
                 data = b"\n" + data  # never glue a new line to a torn one
             view = memoryview(data)
@@ -188,8 +190,9 @@ def _ends_torn(fd: int) -> bool:
 def _touch_durably(path: Path) -> None:
     if path.exists():
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o664)
     try:
+        os.fchmod(fd, 0o664)  # the store's shared files are group-writable (access.py)
         os.fsync(fd)
     finally:
         os.close(fd)
