@@ -141,7 +141,11 @@ def source_problem(source: Path) -> str | None:
 
 
 def ensure_writable(paths: list[Path], store_root: Path) -> None:
-    """Raise a one-line UsageError (exit 2) when this user cannot write one of paths."""
+    """Raise a one-line UsageError (exit 2) when this user cannot write one of paths.
+    Root is not checked: what stops root is not the permission model (an immutable
+    folder, a read-only mount), and the operation's own error says so."""
+    if os.geteuid() == 0:
+        return
     for p in paths:
         if not p.exists():
             continue
@@ -151,7 +155,7 @@ def ensure_writable(paths: list[Path], store_root: Path) -> None:
             except OSError:
                 owner = "?"
             raise UsageError(
-                f"{p}: permission denied: user {user_name()} cannot write it ({owner}); "
+                f"{p}: Permission denied: user {user_name()} cannot write it ({owner}); "
                 f"publishers must be in group {group_of(store_root)} (usermod -aG "
                 f"{group_of(store_root)} {user_name()}, then log in again; {GUIDE})")
 
