@@ -138,8 +138,12 @@ def previous_release(ctx: Context, live_id: int | None,
 def rollback_candidates(ctx: Context, live_id: int | None, limit: int = 5) -> list[Release]:
     """What `rollback --to` accepts, newest first: good, published, on disk, not live."""
     out: list[Release] = []
-    for rel in ctx.state.releases(statuses=("good",)):
-        if rel.id != live_id and rel.published_at and file_of(ctx.store, rel.id) is not None:
+    # from the files on disk (keep_releases of them), not the whole history
+    store = ctx.store
+    on_disk = {rid for s in SLOTS for rid in store.slot_files(s)} | store.archived_ids()
+    for rid in sorted(on_disk - {live_id}, reverse=True):
+        rel = ctx.state.release(rid)
+        if rel is not None and rel.status == "good" and rel.published_at:
             out.append(rel)
             if len(out) >= limit:
                 break
