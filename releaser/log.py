@@ -1,9 +1,11 @@
 """Logging to stderr, journald-friendly.
 
-Under systemd (JOURNAL_STREAM or INVOCATION_ID set) each line starts with the
-syslog priority as `<N>`, which journald turns into the entry's PRIORITY, and
-carries no timestamp (journald adds its own). At a terminal lines are
-`releaser: LEVEL: message`.
+When stderr is journald's stream (JOURNAL_STREAM names stderr's device and
+inode, as systemd sets it) each line starts with the syslog priority as `<N>`,
+which journald turns into the entry's PRIORITY, and carries no timestamp
+(journald adds its own). Anywhere else (a terminal, a file, a pipe, a unit
+whose stderr is not the journal) each line is
+`2026-01-31T12:00:00.123Z releaser LEVEL message`, UTC.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 PRIORITIES = {
     logging.CRITICAL: 2,
@@ -22,7 +25,24 @@ PRIORITIES = {
 
 
 def under_systemd() -> bool:
-    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    """stderr is connected to journald (systemd's documented JOURNAL_STREAM check)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class IsoFormatter(logging.Formatter):
+    """`2026-01-31T12:00:00.123Z releaser INFO message`: UTC, sortable, greppable."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
 
 
 class JournalFormatter(logging.Formatter):
@@ -39,7 +59,7 @@ def setup_logging(*, debug: bool = False, verbose: bool = False) -> None:
     if under_systemd():
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("releaser: %(levelname)s: %(message)s"))
+        handler.setFormatter(IsoFormatter("%(asctime)s releaser %(levelname)s %(message)s"))
     root = logging.getLogger("releaser")
     root.handlers[:] = [handler]
     root.setLevel(level)

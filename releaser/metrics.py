@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,16 +35,19 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from . import readers, statefile, views
+from . import __version__, readers, statefile, views
 from .config import Config
 from .errors import ReleaserError
 from .store import Store
 
 log = logging.getLogger("releaser.metrics")
 
-# probe queries are typically sub-millisecond on an indexed table: start at 0.5 ms
-PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                 2.5, 5.0, 10.0)
+# probe queries on an indexed table take 0.03-0.2 ms: buckets start at 10 microseconds,
+# so a p95 of the fast ones means something, and go up to the 100 ms budget and past it
+PROBE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# a listen backlog for bursts of scrapers and probes (socketserver's default is 5)
+LISTEN_BACKLOG = 512
 
 # counter name -> (event action, outcomes) summed from state.db
 EVENT_COUNTERS: dict[str, tuple[str, list[tuple[str, tuple[str, ...] | None]]]] = {
@@ -122,6 +126,10 @@ class ReleaserCollector(Collector):
             log.warning("metrics: cannot read %s: %s", self.config.root, exc)
 
     def _from_stats(self) -> Iterator[Metric]:
+        build = InfoMetricFamily("releaser_build", "The releaser version serving these "
+                                 "metrics.", labels=["version"])
+        build.add_metric([__version__], {})
+        yield build
         s = self.stats.snapshot()
         with self.stats.lock:
             duration = self.stats.last_duration_s
@@ -240,7 +248,30 @@ class Metrics:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics, /healthz, /status; every other answer is JSON too (404, 405, 501).
+    A client that hangs up mid-answer is normal traffic, not an error."""
+
     server: _Server
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True
+        self._send_json(405, {"error": f"{self.command} is not allowed; this endpoint "
+                                       "answers GET only"}, allow="GET, HEAD")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self._head_only = True
+        self.do_GET()
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own errors (unknown method, bad request line...) as JSON."""
+        self.close_connection = True
+        try:
+            self._send_json(code, {"error": message or self.responses.get(code, ("",))[0]})
+        except OSError:
+            pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
@@ -261,30 +292,51 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(404, {"error": f"no such path {path}; try /metrics, "
                                                "/healthz or /status"})
         except Exception as exc:  # noqa: BLE001 - one bad request must not kill the server
+            if _hung_up(exc):
+                return  # the client went away mid-answer: nothing to tell it
             log.error("GET %s failed: %s: %s", path, type(exc).__name__, exc)
             self._send_json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def _send_json(self, code: int, doc: Any) -> None:
+    def _send_json(self, code: int, doc: Any, allow: str | None = None) -> None:
         self._send(code, (json.dumps(doc, indent=2, default=str) + "\n").encode(),
-                   "application/json")
+                   "application/json", allow=allow)
 
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
+    def _send(self, code: int, body: bytes, ctype: str, allow: str | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if allow:
+            self.send_header("Allow", allow)
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "_head_only", False):
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("http: " + format, *args)
 
 
+def _hung_up(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError | ConnectionResetError | ConnectionAbortedError
+                      | TimeoutError)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     config: Config
     stats: CheckStats
     metrics: Metrics
+
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (broken pipe, reset) is routine: no traceback."""
+        exc = sys.exc_info()[1]
+        if exc is not None and _hung_up(exc):
+            log.debug("http: %s went away: %s", client_address, exc)
+            return
+        log.error("http: request from %s failed: %s: %s", client_address,
+                  type(exc).__name__, exc)
 
 
 class _Server6(_Server):

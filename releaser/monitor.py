@@ -270,8 +270,9 @@ class Monitor:
         if result is None:
             self._set_critical(report, "no earlier good release passes its check")
             return False
-        log.error("auto-revert: live release %s -> %s (%s)", result.from_release_id,
-                  result.release_id, "; ".join(report.reasons))
+        # the one log line of an auto-revert (rollback.py leaves it to the monitor)
+        log.warning("auto-revert: live release %s -> %s (%s)", result.from_release_id,
+                    result.release_id, "; ".join(report.reasons))
         return True
 
     def _retry_later(self, rid: int) -> bool:
@@ -400,7 +401,7 @@ class Monitor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop.is_set():
             return
-        log.warning("received %s: stopping", signal.Signals(signum).name)
+        log.info("received %s: stopping", signal.Signals(signum).name)
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
         # shutdown from a thread: the signal may interrupt the scheduler holding its locks

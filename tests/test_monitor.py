@@ -183,7 +183,7 @@ def test_previous_release_also_bad_no_revert_no_flapping(published: Env) -> None
     attempts = events(env, "auto-revert")
     assert sorted(e["outcome"] for e in attempts) == ["no-target", "refused"]
     assert env.status()["live"]["release_id"] == 2
-    assert "CRITICAL: live release 2 is unhealthy and stays live" in mon.stderr()
+    assert "CRITICAL live release 2 is unhealthy and stays live" in mon.stderr()
 
     # a restarted monitor reads the attempt back from the log: still no new events
     with MonitorProc(env, "-v", "monitor", name="monitor2") as mon2:
@@ -372,9 +372,14 @@ def test_notify_socket_ready_watchdog_stopping(published: Env, tmp_path: Path) -
             messages.append(sock.recv(4096).decode())
 
     try:
-        # INVOCATION_ID: log as under systemd (<N> priority prefixes)
+        # stderr is "the journal": JOURNAL_STREAM names its device and inode (the file
+        # MonitorProc opens for stderr, truncated in place), so <N> priority prefixes
+        err = env.tmp / "monitor.err"
+        err.touch()
+        st = err.stat()
         with MonitorProc(env, "-v", "monitor", extra_env={
-                "NOTIFY_SOCKET": str(sock_path), "INVOCATION_ID": "0" * 32}) as mon:
+                "NOTIFY_SOCKET": str(sock_path),
+                "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) as mon:
             until("READY=1")
             until("WATCHDOG=1")
             mon.wait_listening()

@@ -91,7 +91,7 @@ def test_failed_auto_revert_is_recorded_counted_and_retried_with_backoff(
         assert mon.stop() == 0
     err = mon.stderr()
     # logged at error, with the attempt; then backoff: 1, 2, 4 checks between attempts
-    assert re.search(r"ERROR: auto-revert from release 2 failed \(attempt 1; retrying on the "
+    assert re.search(r"ERROR auto-revert from release 2 failed \(attempt 1; retrying on the "
                      r"next check\)", err), err
     steps = re.findall(r"failed \(attempt (\d+)|next try in (\d+) check", err)
     seq = [f"A{a}" if a else f"S{s}" for a, s in steps]
