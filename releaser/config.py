@@ -152,12 +152,19 @@ class Watch:
     polling: bool = False
     # the store lock was busy: try the same file again after this long
     lock_retry_s: float = 5.0
+    # processed files (and their NAME.reason.json) older than this are deleted; 0 keeps all
+    keep_done_days: float = 30.0
+    keep_rejected_days: float = 30.0
 
     def __post_init__(self) -> None:
         if self.settle_s < 0:
             raise ValueError(f"settle_s must be >= 0, got {self.settle_s}")
         if self.lock_retry_s <= 0:
             raise ValueError(f"lock_retry_s must be > 0, got {self.lock_retry_s}")
+        for key in ("keep_done_days", "keep_rejected_days"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0 keeps everything), got "
+                                 f"{getattr(self, key)}")
 
 
 @dataclass(frozen=True)

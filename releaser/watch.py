@@ -18,6 +18,8 @@ The file's identity (device, inode, size, mtime) is taken when its publish
 starts; if a new build was dropped under the same name meanwhile, the new file
 is left in place and queued again (nothing is moved), so it is published too.
 SIGTERM / SIGINT stop the observer, let the current publish finish, and exit 0.
+done/ and rejected/ are pruned at start and hourly ([watch] keep_done_days,
+keep_rejected_days; inbox_prune.py).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from watchdog.observers.polling import PollingObserver
 from . import access, publish, sdnotify, session
 from .config import Config
 from .errors import EXIT_IO, GateFailed, LockBusy, ReleaserError, StoreIOError, UsageError
+from .inbox_prune import prune_folder
 from .results import PublishResult
 from .state import utcnow
 
@@ -59,6 +62,8 @@ log = logging.getLogger("releaser.watch")
 DONE, REJECTED = "done", "rejected"
 IGNORED_SUFFIXES = ("-journal", "-wal", "-shm", ".reason.json")
 RESCAN_S = 30.0  # safety net for missed events (inotify queue overflow)
+PRUNE_EVERY_S = 3600.0  # done/ and rejected/ are pruned at start and then hourly
+DAY_S = 86400.0
 ARRIVAL_EVENTS = (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED)
 # temporary failures (source locked or changing, store I/O): tries in all, and the
 # longest delay between two (the delay starts at [watch] lock_retry_s and doubles)
@@ -257,7 +262,8 @@ class Watcher:
                          ident)
             return None
         self._transient.pop(path, None)
-        folder = DONE if result.outcome == "published" else REJECTED
+        # unchanged: the build is already live, which is what its author wanted
+        folder = DONE if result.outcome in ("published", "unchanged") else REJECTED
         doc = {"outcome": result.outcome, "release_id": result.release_id,
                "reasons": result.reasons, "warnings": result.warnings,
                "sha256": result.sha256, "exit_code": 0}
@@ -321,7 +327,7 @@ class Watcher:
                 st = os.stat(path)
                 self._stuck[path] = (st.st_size, st.st_mtime_ns)
             doc["moved_to"] = None
-        level = logging.INFO if doc["outcome"] == "published" else logging.WARNING
+        level = logging.INFO if doc["outcome"] in ("published", "unchanged") else logging.WARNING
         log.log(level, "%s: %s%s", path.name, doc["outcome"],
                 f": {doc['reasons'][0]}" if doc.get("reasons") else "")
         sdnotify.notify(f"STATUS=watching {self.inbox} ({self.processed} processed; last: "
@@ -352,6 +358,7 @@ class Watcher:
         sdnotify.notify("READY=1", f"STATUS=watching {self.inbox} ({kind})")
         tick = min(0.25, max(0.05, self.settle_s / 3))
         next_scan = time.monotonic() + RESCAN_S
+        next_prune = time.monotonic()
         ping_s = sdnotify.watchdog_interval_s()  # WatchdogSec= in the unit, if set
         next_ping = time.monotonic()
         inbox_id = _folder_id(self.inbox)
@@ -371,6 +378,9 @@ class Watcher:
                 if time.monotonic() >= next_scan:
                     self.scan()
                     next_scan = time.monotonic() + RESCAN_S
+                if time.monotonic() >= next_prune:
+                    self.prune()
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
                 self.settle()
         finally:
             sdnotify.notify("STOPPING=1")
@@ -384,6 +394,15 @@ class Watcher:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def prune(self) -> int:
+        """Delete processed files older than [watch] keep_done_days / keep_rejected_days."""
+        removed = 0
+        for folder, days in ((DONE, self.config.watch.keep_done_days),
+                             (REJECTED, self.config.watch.keep_rejected_days)):
+            if days > 0:
+                removed += prune_folder(self.inbox / folder, time.time() - days * DAY_S)
+        return removed
 
     def _recreated(self, observer: Any) -> None:
         for d in (self.inbox / DONE, self.inbox / REJECTED):

@@ -36,7 +36,7 @@ class Watch:
     def _read_out(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.results.put(json.loads(line))
+            self.results.put(json.loads(line)["data"])  # one envelope per line
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
@@ -124,12 +124,12 @@ def test_present_slow_renamed_and_garbage_files(store: Env, inbox: Path) -> None
         assert "not a SQLite database" in why["reasons"][0]
         assert (inbox / "rejected" / "garbage.db").is_file()
 
-        # the same build again: rejected as identical, under a fresh name in rejected/
+        # the same build again: already live, so done/ as unchanged, under a fresh name
         (inbox / "done" / "renamed.db").rename(inbox / "renamed.db")
         got = w.next()
-        assert got["outcome"] == "rejected"
+        assert got["outcome"] == "unchanged"
         assert "identical to the live release" in got["reasons"][0]
-        assert got["moved_to"].endswith("rejected/renamed.db")
+        assert "/done/renamed.db" in got["moved_to"]
 
         assert (inbox / "x.db-journal").exists()  # ignored, untouched
         assert w.results.empty()
