@@ -1,9 +1,10 @@
 """What changes between two databases: schema, row counts, checks, categories, probes.
 
-`diff_files(a, b, ...)` compares A (the new side: a candidate, or the release
-you would switch to) with B (the base: normally the live release). Every
-"change" is A minus B, so it reads as "what publishing A over B would do".
-The result is a plain dict (for --json); `render` turns it into a table.
+`diff_files(new, old, ...)` compares NEW (a candidate, or the release you would
+switch to) with OLD (the base: normally the live release). Every "change" is NEW
+minus OLD, so `+` means NEW has more: it reads as "what publishing NEW over OLD
+would do", like git diff and sqldiff reading old then new. The result is a plain
+dict with "old" and "new" keys (for --json); `render` turns it into a table.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _tables(sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB, db_: ReadOnlyD
         ta, tb = sa.tables.get(key), sb.tables.get(key)
         a = plans.row_count(da, ta.name, timeout_ms=timeout_ms) if ta else None
         b = plans.row_count(db_, tb.name, timeout_ms=timeout_ms) if tb else None
-        out.append({"table": (ta or tb).name, "a": a, "b": b,  # type: ignore[union-attr]
+        out.append({"table": (ta or tb).name, "new": a, "old": b,  # type: ignore[union-attr]
                     **_change(a, b)})
     return out
 
@@ -78,9 +79,9 @@ def _checks(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, A
     for check in config.checks:
         a, err_a = _scalar(da, check.sql)
         b, err_b = _scalar(db_, check.sql)
-        row = {"name": check.name, "a": a, "b": b, **_change(a, b)}
+        row = {"name": check.name, "new": a, "old": b, **_change(a, b)}
         if err_a or err_b:
-            row["error"] = "; ".join(f"{s}: {e}" for s, e in (("A", err_a), ("B", err_b)) if e)
+            row["error"] = "; ".join(f"{s}: {e}" for s, e in (("NEW", err_a), ("OLD", err_b)) if e)
         out.append(row)
     return out
 
@@ -152,7 +153,7 @@ def _groups(config: Config, sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB
             for v in values[:MAX_GROUPS]:
                 na = None if a is None else a.get(v, 0)
                 nb = None if b is None else b.get(v, 0)
-                rows.append({"value": v, "a": na, "b": nb, **_change(na, nb)})
+                rows.append({"value": v, "new": na, "old": nb, **_change(na, nb)})
             total_a, total_b = totals.get(table.lower(), (None, None))
             shown = values[:MAX_GROUPS]
             na = None if a is None or total_a is None else total_a - sum(
@@ -160,7 +161,7 @@ def _groups(config: Config, sa: schema.Schema, sb: schema.Schema, da: ReadOnlyDB
             nb = None if b is None or total_b is None else total_b - sum(
                 b.get(v, 0) for v in shown)
             if na or nb:
-                rows.append({"value": "(other values)", "a": na, "b": nb, **_change(na, nb)})
+                rows.append({"value": "(other values)", "new": na, "old": nb, **_change(na, nb)})
             out.append({"column": f"{table}.{column}", "rows": rows})
     return out
 
@@ -172,9 +173,9 @@ def _probes(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, A
         rb = gates.run_probe(db_, probe, config.gates.probe_runs)
         a = ra.observed if ra.outcome != gates.ERROR else None
         b = rb.observed if rb.outcome != gates.ERROR else None
-        row = {"name": probe.name, "a": a, "b": b, "budget_ms": probe.budget_ms,
+        row = {"name": probe.name, "new": a, "old": b, "budget_ms": probe.budget_ms,
                **_change(a, b)}
-        errors = [f"{s}: {r.detail}" for s, r in (("A", ra), ("B", rb)) if r.outcome == "error"]
+        errors = [f"{s}: {r.detail}" for s, r in (("NEW", ra), ("OLD", rb)) if r.outcome == "error"]
         if errors:
             row["error"] = "; ".join(errors)
         out.append(row)
@@ -182,7 +183,7 @@ def _probes(config: Config, da: ReadOnlyDB, db_: ReadOnlyDB) -> list[dict[str, A
 
 
 def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
-    """Compare A (new) with B (base); see the module docstring."""
+    """Compare a (NEW) with b (OLD, the base); see the module docstring."""
     da = _open(a, config)
     try:
         db_ = _open(b, config)
@@ -194,10 +195,10 @@ def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
             sa, sb = schema.read_schema(da), schema.read_schema(db_)
             changes = schema.compare(sb, sa, plans.probe_index_usage(db_, config.probes))
             tables = _tables(sa, sb, da, db_, config.gates.integrity_timeout_ms)
-            totals = {t["table"].lower(): (t["a"], t["b"]) for t in tables}
+            totals = {t["table"].lower(): (t["new"], t["old"]) for t in tables}
             return {
-                "a": a.as_dict(),
-                "b": b.as_dict(),
+                "new": a.as_dict(),
+                "old": b.as_dict(),
                 "schema": [c.as_dict() for c in changes],
                 "tables": tables,
                 "checks": _checks(config, da, db_),
@@ -222,7 +223,7 @@ def _fmt(v: Any) -> str:
 def _fmt_change(row: dict[str, Any]) -> str:
     c = row.get("change")
     if c is None:
-        return "" if row.get("a") == row.get("b") else "n/a"
+        return "" if row.get("new") == row.get("old") else "n/a"
     if c == 0:
         return "="
     text = f"{'+' if c > 0 else ''}{_fmt(c)}"
@@ -232,9 +233,9 @@ def _fmt_change(row: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any]) -> list[str]:
-    """The diff as aligned text lines: B (base) first, then A, then the change."""
-    a, b = doc["a"]["label"], doc["b"]["label"]
-    lines = [f"diff: A = {a}", f"      B = {b}", "", "schema (B -> A):"]
+    """The diff as aligned text lines: OLD first, then NEW, then the change (NEW - OLD)."""
+    old, new = doc["old"]["label"], doc["new"]["label"]
+    lines = [f"diff: OLD = {old}", f"      NEW = {new}", "", "schema (OLD -> NEW):"]
     if not doc["schema"]:
         lines.append("  no schema changes")
     for ch in doc["schema"]:
@@ -242,10 +243,10 @@ def render(doc: dict[str, Any]) -> list[str]:
 
     def table(title: str, key: str, rows: list[dict[str, Any]]) -> None:
         lines.append("")
-        lines.append(f"{title:<34} {'B':>14} {'A':>14}  change")
+        lines.append(f"{title:<34} {'OLD':>14} {'NEW':>14}  change (+: NEW has more)")
         for row in rows:
             name = str(row[key]) if row[key] is not None else "(null)"
-            line = (f"  {name[:32]:<32} {_fmt(row['b']):>14} {_fmt(row['a']):>14}  "
+            line = (f"  {name[:32]:<32} {_fmt(row['old']):>14} {_fmt(row['new']):>14}  "
                     f"{_fmt_change(row)}")
             if row.get("error"):
                 line += f"  error: {row['error']}"

@@ -196,27 +196,28 @@ def _side(ctx: Context | None, spec: str) -> diffing.Side:
     return diffing.Side(found, f"release {rid}{tag}", rid)
 
 
-def diff(config: Config, a: str | None, b: str | None) -> dict[str, Any]:
-    """A vs B; B defaults to the live release, A to the idle one (what a rollback does)."""
+def diff(config: Config, old: str | None, new: str | None) -> dict[str, Any]:
+    """OLD vs NEW (files or release ids); OLD defaults to the live release, NEW to the
+    idle one (so a bare `releaser diff` shows what a rollback would do)."""
     from . import diff as diffing
 
     store = Store(config.root, config.live_path)
-    if a is not None and b is not None and Path(a).exists() and Path(b).exists():
-        return diffing.diff_files(_side(None, a), _side(None, b), config)
+    if old is not None and new is not None and Path(old).exists() and Path(new).exists():
+        return diffing.diff_files(_side(None, new), _side(None, old), config)
     with open_store(config, degraded_ok=True, readonly=True) as ctx:
         live_id = store.live_release_id()
-        if b is None:
+        if old is None:
             if live_id is None:
                 raise UsageError(f"{config.live_path}: nothing is live; pass two files or "
                                  "release ids")
-            b = str(live_id)
-        if a is None:
+            old = str(live_id)
+        if new is None:
             idle = ctx.store.slot_files(ctx.store.idle_slot())
             if not idle:
                 raise UsageError(f"{config.root}: the idle slot is empty; pass a file or a "
                                  "release id to compare with the live release")
-            a = str(max(idle))
-        return diffing.diff_files(_side(ctx, a), _side(ctx, b), config)
+            new = str(max(idle))
+        return diffing.diff_files(_side(ctx, new), _side(ctx, old), config)
 
 
 def check(config: Config, *, actor: str, full_hash: bool = False,

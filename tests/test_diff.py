@@ -29,36 +29,36 @@ def test_diff_candidate_vs_live_json(published: Env) -> None:
     assert isinstance(artists, int) and artists > 0
     doc = published.cli_json("diff", str(cand))
     assert isinstance(doc, dict)
-    assert doc["a"]["label"] == str(cand) and doc["a"]["release_id"] is None
-    assert doc["b"]["label"] == "release 2 (live)" and doc["b"]["release_id"] == 2
+    assert doc["new"]["label"] == str(cand) and doc["new"]["release_id"] is None
+    assert doc["old"]["label"] == "release 2 (live)" and doc["old"]["release_id"] == 2
     schema = {(c["name"], c["category"]) for c in doc["schema"]}
     assert schema == {("tags_final.wiki_url", "expand"), ("idx_tags_main_category", "warn")}
-    assert doc["tables"] == [{"table": "tags_final", "a": 3000 - artists, "b": 3000,
+    assert doc["tables"] == [{"table": "tags_final", "new": 3000 - artists, "old": 3000,
                               "change": -artists,
                               "change_pct": round(-artists / 3000 * 100, 3)}]
     rows = {c["name"]: c for c in doc["checks"]}["rows"]
-    assert (rows["a"], rows["b"], rows["change"]) == (3000 - artists, 3000, -artists)
+    assert (rows["new"], rows["old"], rows["change"]) == (3000 - artists, 3000, -artists)
     # [diff] group_by = ["main_category"] in the documented config
     (group,) = doc["groups"]
     assert group["column"] == "tags_final.main_category"
     by_value = {r["value"]: r for r in group["rows"]}
-    assert by_value["ARTIST"]["a"] == 0 and by_value["ARTIST"]["b"] == artists
+    assert by_value["ARTIST"]["new"] == 0 and by_value["ARTIST"]["old"] == artists
     assert by_value["CHARACTER"]["change"] == 0
-    assert sum(r["b"] for r in group["rows"]) == 3000
+    assert sum(r["old"] for r in group["rows"]) == 3000
     probes = {p["name"]: p for p in doc["probes_p95_ms"]}
     assert set(probes) == {"high_freq", "lookup_by_name"}
-    assert all(p["a"] > 0 and p["b"] > 0 and p["budget_ms"] == 100 for p in probes.values())
+    assert all(p["new"] > 0 and p["old"] > 0 and p["budget_ms"] == 100 for p in probes.values())
 
 
 def test_diff_human_table(published: Env) -> None:
     cand = published.make_db("cand.db", seed=2,
                               sql="DELETE FROM tags_final WHERE main_category = 'ARTIST';")
     out = published.cli("diff", str(cand)).stdout
-    assert f"A = {cand}" in out and "B = release 2 (live)" in out
+    assert f"NEW = {cand}" in out and "OLD = release 2 (live)" in out
     assert "no schema changes" in out
     lines = out.splitlines()
     artist = next(ln for ln in lines if ln.strip().startswith("ARTIST"))
-    # B (live) first, then A, then the change
+    # OLD (live) first, then NEW, then the change (NEW - OLD)
     cols = artist.split()
     assert cols[2] == "0" and cols[3].startswith("-") and cols[4] == "(-100.00%)"
     assert any(ln.startswith("rows by tags_final.main_category") for ln in lines)
@@ -68,11 +68,11 @@ def test_diff_human_table(published: Env) -> None:
 def test_diff_defaults_to_idle_vs_live_and_takes_release_ids(published: Env) -> None:
     default = published.cli_json("diff")
     assert isinstance(default, dict)
-    assert (default["a"]["label"], default["b"]["label"]) == ("release 1 (idle)",
+    assert (default["new"]["label"], default["old"]["label"]) == ("release 1 (idle)",
                                                               "release 2 (live)")
-    by_id = published.cli_json("diff", "r2", "1")
+    by_id = published.cli_json("diff", "1", "r2")
     assert isinstance(by_id, dict)
-    assert (by_id["a"]["release_id"], by_id["b"]["release_id"]) == (2, 1)
+    assert (by_id["new"]["release_id"], by_id["old"]["release_id"]) == (2, 1)
     # the same checks, seen from the other side
     assert by_id["checks"][1]["change"] == pytest.approx(-default["checks"][1]["change"])
 
@@ -80,7 +80,7 @@ def test_diff_defaults_to_idle_vs_live_and_takes_release_ids(published: Env) -> 
 def test_diff_two_files_needs_no_store(env: Env) -> None:
     a = env.make_db("a.db", seed=1)
     b = env.make_db("b.db", seed=1, sql="DROP INDEX idx_tags_post_count;")
-    doc = env.cli_json("diff", str(b), str(a))
+    doc = env.cli_json("diff", str(a), str(b))  # OLD a, NEW b
     assert isinstance(doc, dict)
     (change,) = doc["schema"]
     assert change["name"] == "idx_tags_post_count" and change["category"] == "contract"
@@ -110,13 +110,13 @@ def test_publish_dry_run_prints_diff_and_report(published: Env) -> None:
     cand = published.make_db("three.db", seed=3,
                              sql="ALTER TABLE tags_final ADD COLUMN wiki_url TEXT;")
     out = published.cli("publish", str(cand), "--dry-run").stdout
-    assert "B = release 2 (live)" in out
+    assert "OLD = release 2 (live)" in out
     assert "expand    column tags_final.wiki_url TEXT added" in out
     assert "quick_check" in out and "schema_compat" in out
     assert "dry run:" in out
     res = published.cli_json("publish", str(cand), "--dry-run")
     assert isinstance(res, dict) and res["outcome"] == "validated"
-    assert res["diff"]["b"]["release_id"] == 2
+    assert res["diff"]["old"]["release_id"] == 2
     assert res["diff"]["schema"][0]["name"] == "tags_final.wiki_url"
     assert published.snapshot() == before
     # a failing dry run still shows the diff and why it fails
@@ -182,18 +182,18 @@ def test_diff_groups_read_top_values_under_the_integrity_time_limit(env: Env) ->
     # a GROUP BY over 300000 rows takes far more than 1 ms: under the query limit the
     # whole diff used to fail; counts run under integrity_timeout_ms instead
     env.write_config(query_timeout_ms="1", group_by='["big.y"]')
-    doc = env.cli_json("diff", str(a), str(b))
+    doc = env.cli_json("diff", str(b), str(a))  # OLD b, NEW a
     assert isinstance(doc, dict)
     (group,) = doc["groups"]
     rows = {r["value"]: r for r in group["rows"]}
     assert len(group["rows"]) == 50 + 1  # MAX_GROUPS values, then one "(other values)" row
-    assert (rows["rare"]["a"], rows["rare"]["b"]) == (5002, 3)
-    assert sum(r["a"] for r in group["rows"]) == 300000 + 5003
-    assert sum(r["b"] for r in group["rows"]) == 300003
+    assert (rows["rare"]["new"], rows["rare"]["old"]) == (5002, 3)
+    assert sum(r["new"] for r in group["rows"]) == 300000 + 5003
+    assert sum(r["old"] for r in group["rows"]) == 300003
     other = rows["(other values)"]
-    assert other["b"] == 300003 - sum(r["b"] for r in group["rows"][:-1])
+    assert other["old"] == 300003 - sum(r["old"] for r in group["rows"][:-1])
     big = next(t for t in doc["tables"] if t["table"] == "big")
-    assert (big["a"], big["b"]) == (305003, 300003)
+    assert (big["new"], big["old"]) == (305003, 300003)
 
 
 def test_diff_matches_tables_and_group_by_case_insensitively(env: Env) -> None:
@@ -202,9 +202,9 @@ def test_diff_matches_tables_and_group_by_case_insensitively(env: Env) -> None:
                     sql=("ALTER TABLE tags_final RENAME TO t_tmp;"
                          "ALTER TABLE t_tmp RENAME TO Tags_Final;"))
     env.write_config(group_by='["TAGS_FINAL.Main_Category"]')
-    doc = env.cli_json("diff", str(a), str(b))
+    doc = env.cli_json("diff", str(b), str(a))  # OLD b, NEW a
     assert isinstance(doc, dict)
-    assert [(t["table"], t["a"], t["b"]) for t in doc["tables"]] == [("Tags_Final", 50, 50)]
+    assert [(t["table"], t["new"], t["old"]) for t in doc["tables"]] == [("Tags_Final", 50, 50)]
     assert [c["category"] for c in doc["schema"]] == ["expand"]  # renamed in case only
     (group,) = doc["groups"]
-    assert "error" not in group and sum(r["a"] for r in group["rows"]) == 50
+    assert "error" not in group and sum(r["new"] for r in group["rows"]) == 50
