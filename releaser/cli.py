@@ -12,8 +12,7 @@ import os
 import shlex
 import sqlite3
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 # nor prometheus_client, watchdog or APScheduler; `--help` and `--version` not
 # even the config (tests/test_layout.py checks; `make bench` times start-up).
 
-PROGRESS_MIN_BYTES = 64 << 20  # a progress bar only for copies long enough to watch
-
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  ok
@@ -50,6 +47,7 @@ class Settings:
     def __init__(self, config_path: str | None, root: str | None, live: str | None,
                  debug: bool) -> None:
         self.config_path, self.root, self.live, self.debug = config_path, root, live, debug
+        self.json = False  # --json given, before or after the subcommand
         self._config: Config | None = None
 
     @property
@@ -61,22 +59,97 @@ class Settings:
         return self._config
 
 
+# global options also accepted after the subcommand (`releaser status --config x`)
+GLOBAL_VALUE_OPTIONS = ("--config", "--root", "--live")
+GLOBAL_FLAGS = ("--debug", "-v", "--verbose")
+
+
 class ReleaserGroup(click.Group):
-    """Turns library errors into one-line click errors with documented exit codes."""
+    """Turns library errors into one-line click errors with documented exit codes, and
+    takes the global options before or after the subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = self._hoist_global_options(ctx, args)
+        return super().parse_args(ctx, args)
+
+    def _hoist_global_options(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Move global options found after the subcommand in front of it. An option of
+        the subcommand's own, and any option's value, stay where they are."""
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                return args
+            if arg in GLOBAL_VALUE_OPTIONS:
+                i += 2
+            elif arg.startswith("-"):
+                i += 1
+            else:
+                break
+        ctx.meta["releaser.json"] = "--json" in (args[:args.index("--")] if "--" in args
+                                                 else args)
+        if i >= len(args) or args[i] not in self.commands:
+            return args
+        ctx.meta["releaser.command"] = name = args[i]
+        cmd = self.commands[name]
+        own = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+        takes_value = {o for p in cmd.params if isinstance(p, click.Option)
+                       and not p.is_flag and not p.count for o in p.opts}
+        front, rest = list(args[:i]), [name]
+        j = i + 1
+        while j < len(args):
+            arg = args[j]
+            if arg == "--":
+                rest += args[j:]
+                break
+            key = arg.split("=", 1)[0]
+            if arg in takes_value:
+                rest += args[j:j + 2]
+                j += 2
+                continue
+            if key in GLOBAL_VALUE_OPTIONS and key not in own:
+                take = 1 if "=" in arg else 2
+                front += args[j:j + take]
+                j += take
+                continue
+            if arg in GLOBAL_FLAGS and arg not in own:
+                front.append(arg)
+            else:
+                rest.append(arg)
+            j += 1
+        return front + rest
 
     def invoke(self, ctx: click.Context) -> Any:
+        """--json: the command's result (emit_json) is printed once it ended, as one
+        envelope, or folded into the error envelope when it failed after all."""
         try:
-            return super().invoke(ctx)
+            rv = self._invoke_mapped(ctx)
+        except click.ClickException as exc:
+            if _json_mode(ctx):
+                _emit_json_error(ctx, exc)
+            raise
+        except (click.exceptions.Exit, SystemExit):
+            _flush_json(ctx)
+            raise
+        _flush_json(ctx)
+        return rv
+
+    def _invoke_mapped(self, ctx: click.Context) -> Any:
+        try:
+            # any command: Ctrl-C, SIGTERM and SIGHUP end it with exit 130 and the truth
+            # about live; the services (monitor, watch) stop cleanly on their own terms
+            services = ctx.meta.get("releaser.command") in ("monitor", "watch")
+            with nullcontext() if services else interrupt_on_signals():
+                return super().invoke(ctx)
         except ReleaserError as exc:
             if _debug(ctx):
                 raise
             raise _click_error(exc.message, exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Ctrl-C, SIGTERM or SIGHUP: the pipeline already put live back as it was
-            raise _click_error("interrupted; live is as it was before this command "
-                               "(see `releaser history`)", EXIT_INTERRUPTED) from None
+            raise _click_error(_interrupted_message(ctx, exc), EXIT_INTERRUPTED) from None
         except sqlite3.Error as exc:
             # anything SQLite that escapes the gates is about state.db (e.g. locked)
             if _debug(ctx):
@@ -110,6 +183,20 @@ class ReleaserGroup(click.Group):
 EXIT_INTERRUPTED = 130
 
 
+def _interrupted_message(ctx: click.Context, exc: KeyboardInterrupt) -> str:
+    """Say what is live now, read from the symlink itself: the truth, whatever was cut."""
+    from .store import Store
+
+    why = f"interrupted by {exc.args[0]}" if exc.args else "interrupted"
+    try:
+        config = ctx.find_object(Settings).config  # type: ignore[union-attr]
+        live = Store(config.root, config.live_path).live_release_id()
+    except Exception:  # noqa: BLE001 - the message must not fail
+        return f"{why}; run `releaser status` to see what is live"
+    where = f"live is release {live}" if live is not None else "nothing is live"
+    return f"{why}; {where} ({config.live_path})"
+
+
 def _debug(ctx: click.Context) -> bool:
     settings = ctx.obj
     return bool(getattr(settings, "debug", False)) or "--debug" in sys.argv
@@ -130,11 +217,64 @@ def actor() -> str:
     return os.environ.get("RELEASER_ACTOR") or os.environ.get("SUDO_USER") or getpass.getuser()
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+def emit_json(data: Any, outcome: str | None = None) -> None:
+    """The command's --json result; printed as the one envelope (releaser.output:
+    version, command, outcome, data) when the command ends, or inside the error
+    envelope if it fails after all."""
+    if outcome is None:
+        outcome = data.get("outcome") if isinstance(data, dict) else None
+    ctx = click.get_current_context()
+    ctx.meta["releaser.json_result"] = (_command_name(ctx), outcome or "ok", data)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def _flush_json(ctx: click.Context) -> None:
+    from .output import dumps, envelope
+
+    result = ctx.meta.pop("releaser.json_result", None)
+    if result is not None:
+        click.echo(dumps(envelope(*result)))
+
+
+def fail_with(outcome: str, data: Any) -> None:
+    """The result a failing command still reports under --json (with its error)."""
+    click.get_current_context().meta["releaser.error_data"] = (outcome, data)
+
+
+def _command_name(ctx: click.Context) -> str:
+    path = ctx.meta.get("releaser.command_path") or ctx.command_path
+    name = " ".join(path.split()[1:])
+    return name or ctx.meta.get("releaser.command") or "releaser"
+
+
+def _json_mode(ctx: click.Context) -> bool:
+    settings = ctx.find_object(Settings)
+    return bool(settings and settings.json) or bool(ctx.meta.get("releaser.json"))
+
+
+def _emit_json_error(ctx: click.Context, exc: click.ClickException) -> None:
+    from .output import dumps, envelope
+
+    command = _command_name(ctx)
+    outcome, data = ctx.meta.get("releaser.error_data", ("error", None))
+    result = ctx.meta.pop("releaser.json_result", None)
+    if result is not None and "releaser.error_data" not in ctx.meta:
+        command, outcome, data = result
+        outcome = "error" if outcome == "ok" else outcome
+    click.echo(dumps(envelope(command, outcome, data, error=exc.format_message(),
+                              exit_code=exc.exit_code)))
+
+
+def _json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["releaser.command_path"] = ctx.command_path
+    settings = ctx.find_object(Settings)
+    if settings is None:
+        return value
+    settings.json = settings.json or value
+    return settings.json
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_flag,
+                           help="Print JSON on stdout (errors too).")
 wait_option = click.option(
     "--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
     metavar="SECONDS", help="Wait this long for the store lock before giving up (exit 3).")
@@ -151,10 +291,12 @@ wait_option = click.option(
               help="Live symlink path (overrides `live_path` in the config).")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
-@click.version_option(__version__, prog_name="releaser")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON on stdout for any command (same as the command's --json).")
+@click.version_option(__version__, "-V", "--version", prog_name="releaser")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, root: str | None, live: str | None,
-        debug: bool, verbose: bool) -> None:
+        debug: bool, verbose: bool, as_json: bool) -> None:
     """Blue-green releases for SQLite databases.
 
     Validates a built database, stages it into the idle slot, swaps the live
@@ -171,6 +313,7 @@ def cli(ctx: click.Context, config_path: str | None, root: str | None, live: str
     """
     setup_logging(debug=debug, verbose=verbose)
     ctx.obj = Settings(config_path, root, live, debug)
+    ctx.obj.json = as_json
 
 
 def _settings() -> Settings:
@@ -230,16 +373,21 @@ def validate(db: Path, strict: bool, as_json: bool) -> None:
       releaser validate output/tags.db
       releaser validate output/tags.db --strict --json
     """
+    from .progress import reporting
     from .views import validate as validate_file
 
-    report = validate_file(_settings().config, db)
+    with reporting(sys.stderr):
+        report = validate_file(_settings().config, db)
     ok = report.passed(strict)
-    if as_json:
-        emit_json({"ok": ok, "path": str(db), "checks": report.as_dict()["checks"]})
-    else:
+    doc = {"ok": ok, "path": str(db), "checks": report.as_dict()["checks"],
+           "warnings": [r.reason() for r in report.warnings()]}
+    if as_json and ok:
+        emit_json(doc, "ok")
+    elif not as_json:
         _print_report(report)
     if not ok:
         first = report.blocking(strict)[0]
+        fail_with("rejected", doc)
         raise _click_error(f"{db}: does not pass: {first.reason()}", 1)
     if not as_json:
         click.echo(f"{db}: passes all gates")
@@ -280,24 +428,21 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
       releaser publish output/tags.db --no-wait
       releaser publish output/tags.db --allow-contract --note "drop legacy column"
     """
+    from .progress import reporting
     from .publish import publish as publish_build
     from .results import PublishResult
 
     config = _settings().config
-    size = db.stat().st_size if db.is_file() else 0
-    bar_cm: AbstractContextManager[Any] = nullcontext(None)
-    if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES and not as_json:
-        bar_cm = click.progressbar(length=size, label="staging", file=sys.stderr)
-    with bar_cm as bar, interrupt_on_signals():
-        progress: Callable[[int], None] | None = bar.update if bar is not None else None
+    # the phase in progress on stderr when it is a TTY; `-v` logs each phase's duration
+    with reporting(sys.stderr), interrupt_on_signals():
         try:
             result = publish_build(config, db, actor=actor(), note=note, dry_run=dry_run,
-                                   strict=strict, wait_s=wait_s, progress=progress,
+                                   strict=strict, wait_s=wait_s,
                                    wait_window=not no_wait, allow_contract=allow_contract)
         except ReleaserError as exc:
             if isinstance(exc.report, PublishResult):
                 if as_json:
-                    emit_json(exc.report.as_dict())
+                    fail_with(exc.report.outcome, exc.report.as_dict())
                 else:
                     _print_diff(exc.report.diff)
                     if exc.report.report is not None:
@@ -311,6 +456,10 @@ def publish(db: Path, note: str | None, dry_run: bool, strict: bool, allow_contr
         _print_report(result.report)
     if result.outcome == "validated":
         click.echo(f"dry run: {db} passes all gates; nothing was published")
+        return
+    if result.outcome == "unchanged":
+        click.echo(f"unchanged: {db} is already live as release {result.release_id} "
+                   f"(sha256 {(result.sha256 or '?')[:12]}…); nothing to publish")
         return
     prev = result.rollback_target
     click.echo(
@@ -336,13 +485,24 @@ def _print_diff(doc: dict[str, Any] | None) -> None:
 
 
 def _print_report(report: GateReport) -> None:
+    """The gate table: a header, aligned columns, units; details of what did not pass."""
+    from .output import ms, table
+
+    def observed(r: Any) -> str:
+        if r.observed is None:
+            return "-"
+        if r.kind == "probe" and isinstance(r.observed, int | float):
+            return f"{ms(r.observed)} p95"
+        return f"{r.observed:.6g}" if isinstance(r.observed, float) else str(r.observed)
+
+    rows = [(r.outcome, r.kind, r.name, observed(r), r.threshold or "-", ms(r.duration_ms))
+            for r in report.results]
+    for line in table(("result", "kind", "name", "observed", "limit", "time"), rows,
+                      right=(3, 5)):
+        click.echo(f"  {line}")
     for r in report.results:
-        observed = "" if r.observed is None else (
-            f"{r.observed:.6g}" if isinstance(r.observed, float) else str(r.observed))
-        line = f"  {r.outcome:<5} {r.kind:<12} {r.name:<20} {observed:>14}  {r.duration_ms:8.1f} ms"
         if r.outcome != "pass" and r.detail:
-            line += f"  {r.detail}"
-        click.echo(one_line(line))
+            click.echo(one_line(f"  {r.outcome}: {r.kind} {r.name}: {r.detail}"))
 
 
 # -- rollback --------------------------------------------------------------
@@ -363,8 +523,8 @@ def rollback(to: str | None, expect_live: str | None, reason: str | None, wait_s
 
     Without --to, goes one step further back in the live history each time
     (5 -> 4 -> 3), skipping bad releases and releases already rolled back
-    from. When nothing older is good it exits 4 and prints the `rollback
-    --to` command for each release it would accept. The target gets a
+    from. When nothing older is good it exits 4, listing the releases `rollback
+    --to` accepts and the command to run. The target gets a
     structural check first (header, schema, probes) whose cost does not
     depend on the database size.
 
@@ -390,7 +550,7 @@ def rollback(to: str | None, expect_live: str | None, reason: str | None, wait_s
                             f"`{command_prefix()} rollback --to {exc.accepted[0]}`")
         raise
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.as_dict(), "ok")
         return
     for line in result.skipped:
         click.echo(line)
@@ -501,12 +661,16 @@ def history(limit: int, as_json: bool) -> None:
         return
     if not events:
         click.echo("no events yet")
-    for e in events:
-        rel = f"release {e['release_id']}" if e["release_id"] is not None else "-"
-        frm = f" (from {e['from_release_id']})" if e["from_release_id"] is not None else ""
-        reason = f"  {e['reason']}" if e["reason"] else ""
-        click.echo(one_line(f"{e['at']}  {e['action']:<11} {e['outcome']:<11} {rel}{frm}  "
-                            f"by {e['actor']}{reason}"))
+        return
+    from .output import cut, table
+
+    rows = [(e["at"], e["action"], e["outcome"],
+             e["release_id"] if e["release_id"] is not None else "-",
+             e["from_release_id"] if e["from_release_id"] is not None else "-",
+             e["actor"], cut(e["reason"] or "", 100)) for e in events]
+    for line in table(("at", "action", "outcome", "release", "from", "actor", "reason"),
+                      rows, right=(3, 4)):
+        click.echo(line)
 
 
 @cli.command()
@@ -529,15 +693,16 @@ def check(full_hash: bool, no_integrity: bool, as_json: bool) -> None:
 
     report = check_live(_settings().config, actor=actor(), full_hash=full_hash,
                            integrity=not no_integrity)
-    if as_json:
-        emit_json(report.as_dict())
-    else:
+    if as_json and report.ok:
+        emit_json(report.as_dict(), "ok")
+    elif not as_json:
         for reason in report.reasons:
             click.echo(f"  {reason}")
     if not report.ok:
         if not report.recorded:
             click.echo(f"(not recorded: user {getpass.getuser()} cannot write state.db)",
                        err=True)
+        fail_with("unhealthy", report.as_dict())
         raise _click_error(
             f"{_settings().config.live_path}: unhealthy: {report.reasons[0]}", 1)
     if not as_json:
@@ -588,31 +753,34 @@ def analyze(as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("a", required=False, metavar="[A]")
-@click.argument("b", required=False, metavar="[B]")
+@click.argument("first", required=False, metavar="[OLD]")
+@click.argument("second", required=False, metavar="[NEW]")
 @json_option
-def diff(a: str | None, b: str | None, as_json: bool) -> None:
-    """Show what changes from B to A: schema, rows, checks, categories, probes.
+def diff(first: str | None, second: str | None, as_json: bool) -> None:
+    """Show what changes from OLD to NEW: schema, rows, checks, categories, probes.
 
-    A and B are database files or release ids (`3`, `r3`; see `releaser
-    releases`). B defaults to the live release; A defaults to the idle
-    release (what a rollback would put back). Each change is A minus B, as
-    if A were published over B. Schema changes are classified expand,
-    contract or warn, like the publish gate. Rows by category follow
-    [diff] group_by; probe p95 uses [gates] probe_runs runs on each side.
+    OLD and NEW are database files or release ids (`3`, `r3`; see `releaser
+    releases`), read old then new like git diff and sqldiff: each change is
+    NEW minus OLD, so `+` means NEW has more. With one argument it is NEW
+    and OLD is the live release (a candidate against live); with none, OLD
+    is live and NEW the idle release (what a rollback would put back).
+    Schema changes are classified expand, contract or warn, like the publish
+    gate. Rows by category follow [diff] group_by; probe p95 uses [gates]
+    probe_runs runs on each side.
 
     \b
     Examples:
-      releaser diff output/tags.db          # a candidate vs live
-      releaser diff                          # idle release vs live
-      releaser diff r3 r5 --json
+      releaser diff output/tags.db          # live -> a candidate
+      releaser diff                          # live -> the idle release
+      releaser diff r3 r5 --json             # release 3 -> release 5
       releaser diff old.db new-build.db
     """
     from .views import diff as diff_sides
 
-    doc = diff_sides(_settings().config, a, b)
+    old, new = (None, first) if second is None else (first, second)
+    doc = diff_sides(_settings().config, old, new)
     if as_json:
-        emit_json(doc)
+        emit_json(doc, "ok")
         return
     from .diff import render as render_diff
 
@@ -646,17 +814,22 @@ def releases(limit: int, show_all: bool, as_json: bool) -> None:
     if not rows:
         click.echo("no releases yet")
         return
-    click.echo(f"{'id':>5}  {'status':<9} {'published':<24} {'sha256':<12}  rollback  note")
+    from .output import cut, table
+
+    shown = []
     for r in rows:
-        sha = (r["sha256"] or "-")[:12]
         status_word = r["status"]
         if status_word in ("live", "idle") and r["recorded_status"] != "good":
             status_word += f" ({r['recorded_status']})"
         note = r["note"] or ""
         if r["status"] in ("rejected", "bad", "aborted") and r["reason"]:
-            note = (note + "  " if note else "") + f"[{r['reason'][:80]}]"
-        click.echo(f"{r['release_id']:>5}  {status_word:<9} {r['published_at'] or '-':<24} "
-                   f"{sha:<12}  {'yes' if r['rollback_ok'] else '-':<8}  {note}".rstrip())
+            note = (note + " " if note else "") + f"[{r['reason']}]"
+        shown.append((r["release_id"], status_word, r["published_at"] or "-",
+                      (r["sha256"] or "-")[:12], "yes" if r["rollback_ok"] else "-",
+                      cut(note, 60)))
+    for line in table(("id", "status", "published", "sha256", "rollback", "note"), shown,
+                      right=(0,)):
+        click.echo(line)
 
 
 # -- watch -------------------------------------------------------------------
@@ -677,7 +850,7 @@ def watch(inbox: Path | None, polling: bool | None, as_json: bool) -> None:
     already there at start are processed too). Each is published like
     `releaser publish`, then moved to INBOX/done/ or INBOX/rejected/ with
     NAME.reason.json beside it. A busy store lock means a retry later, not
-    a rejection. One line per file on stdout (--json: one JSON object per
+    a rejection. One line per file on stdout (--json: one JSON envelope per
     line). Runs until SIGTERM or Ctrl-C, finishing the current publish.
 
     \b
@@ -686,6 +859,7 @@ def watch(inbox: Path | None, polling: bool | None, as_json: bool) -> None:
       releaser watch --inbox /srv/builds/inbox --polling
       releaser -v watch --json
     """
+    from .output import envelope
     from .watch import Watcher  # watchdog is only needed here
 
     config = _settings().config
@@ -696,8 +870,8 @@ def watch(inbox: Path | None, polling: bool | None, as_json: bool) -> None:
             "--inbox DIR", 2)
 
     def report(doc: dict[str, Any]) -> None:
-        if as_json:
-            click.echo(json.dumps(doc, default=str))
+        if as_json:  # one envelope per line (JSON lines), outcome as in reason.json
+            click.echo(json.dumps(envelope("watch", doc["outcome"], doc), default=str))
         elif doc["outcome"] == "published":
             click.echo(f"{doc['file']}: published as release {doc['release_id']}")
         else:
@@ -793,6 +967,28 @@ def fsck(repair: bool, wait_s: float, as_json: bool) -> None:
                            1)
 
 
+@cli.command("help")
+@click.argument("command", required=False)
+def help_command(command: str | None) -> None:
+    """Print the reference of every command (or of one), made from their --help.
+
+    The output is Markdown. Shell completion comes from click: add
+    `eval "$(_RELEASER_COMPLETE=bash_source releaser)"` to ~/.bashrc (zsh:
+    zsh_source in ~/.zshrc; fish: fish_source into
+    ~/.config/fish/completions/releaser.fish).
+
+    \b
+    Examples:
+      releaser help > releaser-reference.md
+      releaser help rollback
+    """
+    from .reference import reference
+
+    root = click.get_current_context().find_root()
+    for line in reference(root, command):
+        click.echo(line)
+
+
 # the fleet commands (releaser/fleet/cli.py); boto3 loads only when one runs
 from .fleet.cli import agent as _agent_command  # noqa: E402
 from .fleet.cli import fleet as _fleet_group  # noqa: E402
@@ -802,6 +998,9 @@ cli.add_command(_agent_command)
 
 
 def main() -> None:
+    from .output import pipe_safe_stdout
+
+    pipe_safe_stdout()  # `releaser history | head -1`: quiet, and the command's own exit code
     cli(prog_name="releaser")
 
 

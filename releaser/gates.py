@@ -23,6 +23,7 @@ from typing import Any
 from . import indexcheck
 from .config import Check, Config, Probe
 from .db import QueryTimeout, ReadOnlyDB, read_header
+from .progress import phase
 
 PASS, WARN, FAIL, ERROR = "pass", "warn", "fail", "error"
 STRUCTURAL = ("file", "integrity", "foreign_keys", "schema")
@@ -364,21 +365,25 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
         steps = [lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms)]
         if indexes is not None:
             steps.append(lambda d: indexes.result())
-        db = _structural(path, config, report, [
-            *steps,
-            check_foreign_keys,
-            lambda d: check_required_schema(d, gates.required),
-            check_virtual_tables,
-        ])
+        with phase("integrity"):
+            db = _structural(path, config, report, [
+                *steps,
+                check_foreign_keys,
+                lambda d: check_required_schema(d, gates.required),
+                check_virtual_tables,
+            ])
         if db is None:
             return report
         with db:
-            if checks is not None:
-                report.results.extend(checks.result())
-            else:
-                report.results.extend(_run_checks(db, config, baseline))
-            for probe in config.probes:
-                report.results.append(run_probe(db, probe, gates.probe_runs))
+            with phase("checks"):
+                if checks is not None:
+                    report.results.extend(checks.result())
+                else:
+                    report.results.extend(_run_checks(db, config, baseline))
+            with phase("probes", total=len(config.probes)) as advance:
+                for probe in config.probes:
+                    report.results.append(run_probe(db, probe, gates.probe_runs))
+                    advance(1)
         finished = True
         return report
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 from . import gates, hooks, signals
 from .announce import announce, hook_env
 from .errors import GateFailed
+from .progress import phase
 from .results import PublishResult
 from .session import Context
 from .store import release_id_of
@@ -37,7 +38,8 @@ def check_after_swap(ctx: Context, result: PublishResult, rid: int, final: Path,
                       strict: bool = False) -> None:
     """Post-swap check through live_path, then hooks and the verify window."""
     config = ctx.config
-    post = _post_swap_check(ctx, final)
+    with phase("post-swap check"):
+        post = _post_swap_check(ctx, final)
     result.post_swap = post
     if not post.passed():
         reasons = [r.reason() for r in post.blocking()]
@@ -128,7 +130,9 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
             on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
     if not verify.enabled(config.verify) and run is None:
         return
-    report = verify.run_window(config.verify, env, wait=wait, analysis_run=run, strict=strict)
+    with phase("verify window"):
+        report = verify.run_window(config.verify, env, wait=wait, analysis_run=run,
+                                   strict=strict)
     result.verification = report
     result.warnings += report.warnings
     if report.ok:

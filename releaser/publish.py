@@ -17,17 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import analysis, gates, hooks, signals
+from . import analysis, gates, health, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
 from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
 from .postswap import SWAPPING, check_after_swap, undo_interrupted_swap
 from .preflight import hot_journal, preflight_source, source_sidecar_warnings
+from .progress import phase
 from .recover import reconcile
 from .results import PublishResult
 from .schema_gates import add_schema_gates
 from .session import Context, ensure_live_is_ours, open_store, previous_release
-from .staging import ProgressFn, SourceChanged, SourceUnreadable, Staged
+from .staging import ProgressFn, SourceChanged, SourceUnreadable, Staged, sha256_file
+from .state import Release
 from .store import SLOTS, FileIdentity
 
 log = logging.getLogger("releaser.publish")
@@ -94,7 +96,8 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         _reject(ctx, result, [hot], actor=actor, staged=None, report=None, note=note)
         raise GateFailed(hot, report=result)
     try:
-        staged = store.stage(source, slot, progress)
+        with phase("staging", total=_size(source)) as advance:
+            staged = store.stage(source, slot, _both(progress, advance))
     except (SourceChanged, SourceUnreadable) as exc:
         _reject(ctx, result, [exc.message], actor=actor, staged=None, report=None, note=note)
         failed = GateFailed(exc.message, report=result)
@@ -106,19 +109,29 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     timer.mark("stage")
     result.sha256, result.size = staged.sha256, staged.size
     try:
+        repairs: str | None = None
         if live_rel is not None and staged.sha256 == live_rel.sha256:
-            reason = (f"{source}: is identical to the live release {live_rel.id} "
-                      f"(sha256 {staged.sha256[:12]}…); nothing to publish")
-            _reject(ctx, result, [reason], actor=actor, staged=staged, report=None, note=note)
-            raise GateFailed(reason, report=result)
+            repairs = _live_damage(ctx, live_rel)
+            if repairs is None:
+                # already live and intact: success with nothing to do (no id, no event)
+                result.outcome, result.release_id = "unchanged", live_rel.id
+                result.reasons = [f"{source}: is identical to the live release "
+                                  f"{live_rel.id} (sha256 {staged.sha256[:12]}…)"]
+                log.info("unchanged: %s", result.reasons[0])
+                return
+            result.warnings.append(f"republishing the build of live release {live_rel.id}, "
+                                   f"whose file no longer matches its record: {repairs}")
         baseline = live_rel.check_values() if live_rel else None
-        report = gates.run_gates(staged.path, config, baseline)
-        add_schema_gates(report, staged.path, store.live_target(), config, allow_contract)
+        with phase("gates"):
+            report = gates.run_gates(staged.path, config, baseline)
+            with phase("schema"):
+                add_schema_gates(report, staged.path, store.live_target(), config,
+                                 allow_contract)
         report.results.extend(source_sidecar_warnings(source))
         if dry_run and gates.structural_ok(report):
             result.diff = _diff_vs_live(staged.path, source, ctx, live_id)
         result.report = report
-        result.warnings = [r.reason() for r in report.warnings()]
+        result.warnings += [r.reason() for r in report.warnings()]
         timer.mark("gates")
         if not report.passed(strict):
             reasons = [r.reason() for r in report.blocking(strict)]
@@ -145,7 +158,11 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     finally:
         store.discard(staged)  # no-op once renamed into place
 
-    _before_swap(ctx, result, rid, actor=actor)
+    try:
+        _before_swap(ctx, result, rid, actor=actor)
+    except KeyboardInterrupt:
+        _abort_interrupted(ctx, rid, actor=actor)
+        raise
     # the slot's previous release stays beside the new one until the swap succeeded
     previous_target = store.live_target()
     with state.transaction():  # reconcile's clue that this release may have been live
@@ -154,7 +171,8 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     try:
         with signals.deferred():  # a signal during the swap is raised once it is whole
             try:
-                store.swap(final)
+                with phase("swap"):
+                    store.swap(final)
             except StoreIOError as exc:
                 if not store.points_at(final):  # the rename never happened: live unchanged
                     aborted = True
@@ -194,6 +212,10 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
         store.clear_slot(slot, keep=rid)  # the previous idle release: into the archive
     except StoreIOError as exc:  # published; reconcile retries under the next lock
         log.warning("%s", exc.message)
+    if repairs is not None and live_rel is not None:
+        with state.transaction():
+            state.set_status(live_rel.id, "bad", f"its file no longer matches its record "
+                             f"({repairs}); release {rid} republished the same build"[:2000])
     target = previous_release(ctx, rid)
     result.rollback_target = target.id if target else None
     log.info("published release %s (%s) to slot %s, sha256 %s", rid, result.source, slot,
@@ -205,12 +227,44 @@ def _publish_locked(ctx: Context, source: Path, result: PublishResult, *, actor:
     timer.mark("record")
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _both(first: ProgressFn | None, second: ProgressFn) -> ProgressFn:
+    if first is None:
+        return second
+
+    def both(n: int) -> None:
+        first(n)
+        second(n)
+    return both
+
+
+def _live_damage(ctx: Context, live_rel: Release) -> str | None:
+    """Why the live file is not live_rel's recorded file any more, or None when it is.
+
+    Republishing a live release's own build is then a repair, not a no-op."""
+    target = ctx.store.live_target()
+    if target is None or not target.exists():
+        return f"{ctx.config.live_path} resolves to no file"
+    problem = health.identity_problem(target, live_rel, ctx.state)
+    if problem is None and sha256_file(target) != live_rel.sha256:
+        problem = "its sha256 differs from the record"
+    return problem
+
+
 def _reject(ctx: Context, result: PublishResult, reasons: list[str], *, actor: str,
             staged: Staged | None, report: gates.GateReport | None, outcome: str = "rejected",
             note: str | None = None) -> None:
     """Record a rejected candidate: a release row (status rejected) and one reject event.
 
     A --dry-run records nothing: it is a question, not an attempt."""
+    # a signal during a gate surfaces as a SQLite "interrupted" error: not a reject
+    signals.raise_if_requested()
     result.outcome = "rejected"
     result.reasons = reasons
     if result.dry_run:
@@ -276,6 +330,20 @@ def _abort_placed(ctx: Context, rid: int, *, actor: str, error: BaseException,
             ctx.state.add_event("reject", actor=actor, outcome="error", release_id=rid,
                                 reason=message[:2000])
     announce(ctx, "reject", outcome, release_id=rid, reasons=[message])
+
+
+def _abort_interrupted(ctx: Context, rid: int, *, actor: str) -> None:
+    """Interrupted before the swap (a before_swap hook...): live never saw the release.
+    Best effort; reconcile does the same under the next lock if this is cut short too."""
+    try:
+        ctx.store.remove_release_files(rid)
+        with ctx.state.transaction():
+            ctx.state.set_status(rid, "aborted", "publish interrupted before the swap")
+            ctx.state.add_event("publish", actor=actor, outcome="interrupted", release_id=rid,
+                                reason="publish was interrupted before the swap; live "
+                                       "unchanged")
+    except Exception:  # noqa: BLE001 - reconcile finishes the job
+        log.exception("could not record the interrupted publish of release %s", rid)
 
 
 def _record_error(ctx: Context, result: PublishResult, exc: ReleaserError, *,

@@ -260,7 +260,9 @@ def _rollback_locked(ctx: Context, *, actor: str, to: int | None, reason: str | 
             store.clear_slot(slot, keep=target.id)
         except StoreIOError as exc:  # done; reconcile retries under the next lock
             log.warning("%s", exc.message)
-    log.info("%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
+    # an auto-revert is logged once, at warning, by the monitor that decided it
+    log.log(logging.INFO if action == "rollback" else logging.DEBUG,
+            "%s: release %s -> %s (%s)", action, live_id, target.id, reason or "no reason")
     try:
         # the app hears of the swap even when a signal came during it
         hooks.run_hooks("after_rollback", ctx.config.hooks.after_rollback, hook_env(

@@ -13,6 +13,12 @@ way out of a command that is ending already.
 
 Both act only in the main thread, where Python runs signal handlers; elsewhere (the
 watcher's worker, the monitor's scheduler) they change nothing.
+
+requested(): SQLite swallows the KeyboardInterrupt of a signal handled while a
+statement runs (it is raised inside SQLite's progress handler, and the statement
+fails with "interrupted"). Code that would record such a failure as a rejected
+build asks raise_if_requested() first: an interruption is never recorded as a
+reject, it ends the command with exit 130.
 """
 
 from __future__ import annotations
@@ -32,7 +38,22 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_requested: str | None = None
+
+
+def requested() -> str | None:
+    """The name of the signal that interrupted this process, if one did."""
+    return _requested
+
+
+def raise_if_requested() -> None:
+    if _requested is not None:
+        raise KeyboardInterrupt(_requested)
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    global _requested
+    _requested = signal.Signals(signum).name
     if _depth > 0:
         _pending.append(signum)
         return

@@ -71,7 +71,10 @@ class Env:
         return result
 
     def cli_json(self, *args: str, expect: int | None = 0) -> object:
-        return json.loads(self.cli(*args, "--json", expect=expect).stdout)
+        """The data of the --json envelope ({version, command, outcome, data})."""
+        doc = json.loads(self.cli(*args, "--json", expect=expect).stdout)
+        assert doc["version"] == 1 and "outcome" in doc, doc
+        return doc["data"]
 
     def run(self, *args: str, expect: int | None = 0, timeout: float = 60,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -51,7 +51,7 @@ def releaser(config: Path, *args: str, show: bool = True) -> str:
 def wait_applied(build: Path, seq: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = json.loads(releaser(build, "fleet", "status", "--json", show=False))
+        status = json.loads(releaser(build, "fleet", "status", "--json", show=False))["data"]
         hosts = [h for h in status["hosts"] if h["host_id"] in HOSTS]
         if len(hosts) == len(HOSTS) and all(h["state"] == "applied" and h["seq"] == seq
                                             for h in hosts):

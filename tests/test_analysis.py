@@ -182,7 +182,7 @@ def test_the_shipped_examples_judge_the_three_seed_triggers(store: Env, app: VHo
         deadline = time.monotonic() + 25
         while True:
             result = store.cli("analyze", "--json", expect=None)
-            found = {m["name"]: m for m in json.loads(result.stdout)["measurements"]}
+            found = {m["name"]: m for m in json.loads(result.stdout)["data"]["measurements"]}
             if {m["outcome"] for m in found.values()} == {"fail"} or \
                     time.monotonic() > deadline:
                 break

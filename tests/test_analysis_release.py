@@ -81,7 +81,7 @@ def test_error_rate_rising_in_the_verify_window_swaps_back(
         host.fault = Fault(error_ratio=0.5, release_id=2)  # a bad build: every 2nd answer 500
         store.write_config(analysis_toml(stack.prom.url, query, window_s=30))
         proc = store.run("publish", str(store.make_db("two.db", seed=2)), "--json", expect=1)
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)["data"]
     assert doc["outcome"] == "reverted" and doc["release_id"] == 2
     # stopped at the failure, long before the 30 s window ends
     assert doc["verify"]["duration_ms"] < 25_000
@@ -165,7 +165,7 @@ def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
     # --strict: inconclusive_limit inconclusive evaluations fail the publish
     result = store.cli("publish", str(store.make_db("three.db", seed=3)), "--strict", "--json",
                        expect=1)
-    strict = json.loads(result.stdout)
+    strict = json.loads(result.stdout)["data"]
     assert strict["outcome"] == "reverted"
     assert "inconclusive analysis fails a publish with --strict" in strict["reasons"]
     assert store.status()["live"]["release_id"] == 2

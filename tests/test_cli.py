@@ -185,18 +185,18 @@ def test_warning_blocks_only_with_strict(published: Env) -> None:
     assert any("avg_confidence" in w for w in res["warnings"])
 
 
-def test_identical_candidate_is_rejected(published: Env) -> None:
+def test_identical_candidate_is_unchanged(published: Env) -> None:
     live_file = Path(os.readlink(published.live))
     copy = published.tmp / "same.db"
     copy.write_bytes(live_file.read_bytes())
-    result = published.cli("publish", str(copy), expect=1)
-    assert "identical to the live release 2" in result.stderr
+    result = published.cli("publish", str(copy))
+    assert "unchanged" in result.stdout and "already live as release 2" in result.stdout
 
 
 def test_publish_json_through_installed_binary(store: Env) -> None:
     proc = store.run("publish", str(store.make_db()), "--json")
     doc = json.loads(proc.stdout)
-    assert doc["outcome"] == "published" and doc["release_id"] == 1
+    assert doc["outcome"] == "published" and doc["data"]["release_id"] == 1
     assert proc.stderr == ""
 
 
@@ -399,7 +399,7 @@ def test_wait_gets_the_lock_once_released(published: Env) -> None:
         holder.join()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert json.loads(out)["release_id"] == 1
+    assert json.loads(out)["data"]["release_id"] == 1
     assert published.status()["live"]["release_id"] == 1
 
 
@@ -506,7 +506,8 @@ def test_signal_after_swap_swaps_back_and_records(published: Env, sig: int) -> N
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert "interrupted; live is as it was" in err and "Traceback" not in err
+    assert "interrupted by SIG" in err and "Traceback" not in err
+    assert "live is release 2" in err  # the truth: swapped back to release 2
     assert published.snapshot()["live_target"] == before["live_target"]
     ev = published.history()[0]
     assert (ev["action"], ev["outcome"], ev["release_id"], ev["from_release_id"]) == (

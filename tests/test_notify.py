@@ -180,9 +180,11 @@ def test_events_filter_and_retries(store: Env) -> None:
         # two 500s, then accepted on the third attempt (retries = 2)
         assert flaky.attempts == 3 and flaky.actions() == [("publish", "published")]
         assert only_rejects.bodies == []
-        store.run("publish", str(store.make_db("one.db", seed=1)), expect=1)  # identical
+        store.run("publish", str(store.make_db("one.db", seed=1)))  # identical: unchanged
+        store.run("publish", str(store.make_db("empty.db", seed=1,
+                                                sql="DELETE FROM tags_final")), expect=1)
         assert only_rejects.actions() == [("reject", "rejected")]
-        assert "identical to the live release" in only_rejects.bodies[0]["reasons"][0]
+        assert "rows" in only_rejects.bodies[0]["reasons"][0]
     finally:
         for r in (flaky, only_rejects):
             r.server.shutdown()

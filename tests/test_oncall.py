@@ -5,12 +5,16 @@ Everything here drives the installed `releaser` in real subprocesses on real sto
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import RELEASER_BIN, Env
 
@@ -106,6 +110,18 @@ def test_status_health_comes_from_the_last_check_too(store: Env) -> None:
 
 
 
+def test_republishing_the_live_build_repairs_a_damaged_live_file(store: Env) -> None:
+    builds = publish_n(store, 2)
+    damage_in_place(store.live.resolve())
+    store.run("check", expect=1)
+    doc = json.loads(store.run("publish", str(builds[1]), "--json").stdout)
+    assert doc["outcome"] == "published", doc
+    assert doc["data"]["release_id"] == 3
+    assert live_id(store) == 3
+    store.run("check", "--hash")  # a healthy copy of the same build is live again
+    assert not events(store, "reject")
+
+
 # -- 2. --expect-live, --wait remembers live -------------------------------------------
 
 
@@ -166,3 +182,57 @@ def test_rollback_wait_refuses_when_live_changed_while_waiting(store: Env) -> No
     assert live_id(store) == 3  # the new release stays; nothing was rolled back
     assert not events(store, "rollback")
     del builds
+
+
+# -- 3. identical publish ----------------------------------------------------------------
+
+
+def test_identical_publish_is_success_unchanged_and_records_nothing(store: Env) -> None:
+    builds = publish_n(store, 2)
+    before = (store.cli_json("releases"), store.history())
+    doc = json.loads(store.run("publish", str(builds[1]), "--json").stdout)
+    assert doc["outcome"] == "unchanged", doc
+    assert doc["data"]["release_id"] == 2  # the live release, no new id
+    human = store.run("publish", str(builds[1])).stdout
+    assert "unchanged" in human and "release 2" in human
+    assert (store.cli_json("releases"), store.history()) == before
+    store.run("publish", str(store.make_db("b3.db", rows=800, seed=3)))
+    assert store.status()["live"]["release_id"] == 3  # no id was used up
+
+
+# -- 4. interruption -----------------------------------------------------------------------
+
+
+SLOW_CHECK = """
+[[checks]]
+name = "slow"
+sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000000) SELECT count(*) FROM c"
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupt_during_the_gates_exits_130_and_records_no_reject(store: Env, sig: int
+                                                                      ) -> None:
+    publish_n(store, 1)
+    store.write_config(SLOW_CHECK, query_timeout_ms="60000")
+    before = (store.cli_json("releases"), store.history(), store.snapshot())
+    proc = subprocess.Popen(
+        [str(RELEASER_BIN), "--config", str(store.config), "-v", "publish",
+         str(store.make_db("b2.db", rows=700, seed=2))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    deadline = time.monotonic() + 30
+    for line in proc.stderr:  # -v logs each phase as it ends; the checks come after staging
+        lines.append(line)
+        if re.search(r"\bstaging\b.*\bdone\b", line) or time.monotonic() > deadline:
+            break
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    err = "".join(lines) + err
+    assert proc.returncode == 130, err
+    assert "live is release 1" in err, err  # says what is live, truthfully
+    assert "history" not in err.splitlines()[-1]  # no pointer to an entry that is not there
+    assert (store.cli_json("releases"), store.history(), store.snapshot()) == before
+    assert not list((store.root / "slots").rglob(".staging*"))

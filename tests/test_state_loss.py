@@ -48,8 +48,8 @@ def history3(env: Env, builds: list[Path]) -> Env:
 
 def record(env: Env) -> tuple[list[dict], list[dict]]:
     """(history, releases) as `--json` shows them, without ids that may be renumbered."""
-    hist = json.loads(env.run("history", "--limit", "1000", "--json").stdout)
-    rels = json.loads(env.run("releases", "--json").stdout)
+    hist = json.loads(env.run("history", "--limit", "1000", "--json").stdout)["data"]
+    rels = json.loads(env.run("releases", "--json").stdout)["data"]
     return hist, rels
 
 
@@ -107,7 +107,7 @@ def test_rollback_status_and_repair_without_state_db(history3: Env, how: str,
     DAMAGE[how](env)
 
     st = env.run("status", "--json")
-    doc = json.loads(st.stdout)
+    doc = json.loads(st.stdout)["data"]
     assert doc["live"]["release_id"] == 3 and doc["idle"]["release_id"] == 2
     assert doc["rollback_target"] == 2
     assert doc["state_db"]["usable"] is False
@@ -143,7 +143,7 @@ def test_rollback_status_and_repair_without_state_db(history3: Env, how: str,
     env.run("fsck")  # clean now
 
     # ids are not reused: the next release is 5 (4 was the rejected build)
-    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)
+    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)["data"]
     assert pub["release_id"] == 5 and live_id(env) == 5
 
 
@@ -179,7 +179,7 @@ def test_locked_state_db(history3: Env, builds: list[Path]) -> None:
         assert f"pid {holder.pid}" in pub.stderr and "Traceback" not in pub.stderr
         assert live_id(env) == 3
         env.run("check", timeout=25)
-        st = json.loads(env.run("status", "--json", timeout=25).stdout)
+        st = json.loads(env.run("status", "--json", timeout=25).stdout)["data"]
         assert st["live"]["release_id"] == 3 and st["rollback_target"] == 2
         rb = env.run("rollback", "--reason", "locked", timeout=25)
         assert live_id(env) == 2
@@ -194,7 +194,7 @@ def test_locked_state_db(history3: Env, builds: list[Path]) -> None:
     assert comparable(hist_after[1:]) == comparable(hist_before)
     assert (hist_after[0]["action"], hist_after[0]["release_id"]) == ("rollback", 2)
     env.run("fsck")
-    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)
+    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)["data"]
     assert pub["release_id"] == 5
 
 
@@ -211,7 +211,7 @@ def test_degraded_event_imported_by_the_next_command(history3: Env) -> None:
         holder.communicate("", timeout=10)
     assert live_id(env) == 2
     env.run("rollback")  # back to 1 (Capistrano order), importing the first one first
-    hist = json.loads(env.run("history", "--json").stdout)
+    hist = json.loads(env.run("history", "--json").stdout)["data"]
     rollbacks = [(e["release_id"], e["from_release_id"]) for e in hist
                  if e["action"] == "rollback"]
     assert rollbacks[:2] == [(1, 2), (2, 3)]

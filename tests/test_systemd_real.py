@@ -95,7 +95,8 @@ class Box:
         return self.c.sh(script, **kw).stdout  # type: ignore[arg-type]
 
     def releaser_json(self, *args: str) -> object:
-        return json.loads(self.sh(f"sudo -u releaser releaser {' '.join(args)} --json"))
+        doc = json.loads(self.sh(f"sudo -u releaser releaser {' '.join(args)} --json"))
+        return doc["data"]  # the --json envelope: {version, command, outcome, data}
 
     def prop(self, unit: str, name: str) -> str:
         return self.sh(f"systemctl show -P {name} {unit}").strip()

@@ -58,11 +58,11 @@ def _live_id(dep: Deployment) -> int:
 
 def _oncall_reads_everything(dep: Deployment, build: Path) -> None:
     """Every read-only command works for a user who can read the store but not write it."""
-    status = json.loads(dep.run("oncall", "status", "--json").stdout)
+    status = json.loads(dep.run("oncall", "status", "--json").stdout)["data"]
     assert status["live"]["release_id"] == _live_id(dep)
-    history = json.loads(dep.run("oncall", "history", "--json").stdout)
+    history = json.loads(dep.run("oncall", "history", "--json").stdout)["data"]
     assert history and history[0]["action"]
-    releases = json.loads(dep.run("oncall", "releases", "--json").stdout)
+    releases = json.loads(dep.run("oncall", "releases", "--json").stdout)["data"]
     assert any(r["status"] == "live" for r in releases)
     dep.run("oncall", "check")
     dep.run("oncall", "validate", str(build))
@@ -264,7 +264,7 @@ def test_stale_readers_across_users_never_a_false_zero(dep: Deployment) -> None:
     finally:
         mon.send_signal(signal.SIGTERM)
         mon.wait(30)
-    status = json.loads(dep.run("svc", "status", "--json").stdout)
+    status = json.loads(dep.run("svc", "status", "--json").stdout)["data"]
     assert status["stale_readers_unknown"] and status["stale_readers"] == []
     assert "could not look" in dep.run("svc", "status").stdout
 

@@ -115,7 +115,7 @@ def test_bad_release_passes_gates_fails_the_app_and_is_reverted(env: Env, app: A
     # the gates alone accept the build with the format the app cannot read
     env.cli("validate", str(env.make_db("bad.db", seed=2, sql=BAD_SQL)))
     proc = env.run("publish", str(env.tmp / "builds" / "bad.db"), "--json", expect=1)
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)["data"]
     assert doc["outcome"] == "reverted"
     assert doc["verify"]["ok"] is False
     assert "JSON field format is '1', expected '2'" in doc["reasons"][0]

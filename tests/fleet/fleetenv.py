@@ -59,7 +59,8 @@ class Host:
         return proc
 
     def json(self, *args: str, expect: int | None = 0) -> Any:
-        return json.loads(self.run(*args, "--json", expect=expect).stdout)
+        """The data of the --json envelope ({version, command, outcome, data})."""
+        return json.loads(self.run(*args, "--json", expect=expect).stdout)["data"]
 
     def cli(self, *args: str, expect: int | None = 0) -> Any:
         """In-process CLI (saves an interpreter start); agents stay real processes."""
@@ -72,7 +73,7 @@ class Host:
         return result
 
     def cli_json(self, *args: str, expect: int | None = 0) -> Any:
-        return json.loads(self.cli(*args, "--json", expect=expect).stdout)
+        return json.loads(self.cli(*args, "--json", expect=expect).stdout)["data"]
 
     def live_sha(self) -> str | None:
         return self.cli_json("status")["live"]["sha256"]
@@ -144,7 +145,7 @@ class Fleet:
              note: str = "test") -> Any:
         result = self.build.cli("fleet", "push", str(db), "--channel", channel, "--note",
                                 note, "--json", expect=expect)
-        return json.loads(result.stdout) if result.exit_code == 0 else result
+        return json.loads(result.stdout)["data"] if result.exit_code == 0 else result
 
     def fleet_json(self, *args: str, expect: int | None = 0) -> Any:
         return self.build.cli_json("fleet", *args, expect=expect)

@@ -84,7 +84,7 @@ def impostor(request: pytest.FixtureRequest) -> Iterator[Impostor]:
 
 def test_doctor_passes_on_seaweedfs_and_cleans_up(fleet: Fleet) -> None:
     result = fleet.build.cli("fleet", "doctor", "--writers", "6", "--trials", "2", "--json")
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["data"]
     assert report["outcome"] == "ok" and report["failed"] == []
     assert [c["name"] for c in report["checks"]] == [
         "read-after-write", "create-only race", "stale If-Match refused", "concurrent CAS",
