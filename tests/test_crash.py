@@ -168,11 +168,17 @@ def _calibrate(env: Env, builds: list[Path], rng: random.Random) -> float:
     return time.monotonic() - t0
 
 
-def _random_kills(env: Env, builds: list[Path], trials: int, seed: int) -> dict[str, int]:
+def _random_kills(env: Env, builds: list[Path], trials: int, seed: int,
+                  min_kills: int) -> dict[str, int]:
+    """`trials` random-delay kills; more (up to twice as many) while fewer than min_kills
+    landed before the command finished, so one slow calibration on a loaded machine
+    cannot leave the test with too few real kills to mean anything."""
     rng = random.Random(seed)
     duration = _calibrate(env, builds, rng)
     outcomes = {"killed": 0, "finished": 0}
-    for trial in range(trials):
+    trial = 0
+    while trial < trials or (outcomes["killed"] < min_kills and trial < 2 * trials):
+        trial += 1
         if trial % 3 == 2:
             args = ["rollback", "--reason", f"trial {trial}"]
         else:
@@ -195,11 +201,11 @@ def _random_kills(env: Env, builds: list[Path], trials: int, seed: int) -> dict[
 @pytest.mark.parametrize("seed", [1, 3])
 def test_sigkill_at_random_delays(live_store: Env, builds: list[Path], seed: int) -> None:
     """30 random-delay kills in make test (two stores of 15, run in parallel)."""
-    outcomes = _random_kills(live_store, builds, trials=15, seed=seed)
+    outcomes = _random_kills(live_store, builds, trials=15, seed=seed, min_kills=5)
     assert outcomes["killed"] >= 5, outcomes
 
 
 @pytest.mark.stress
 def test_sigkill_at_random_delays_stress(live_store: Env, builds: list[Path]) -> None:
-    outcomes = _random_kills(live_store, builds, trials=60, seed=2)
+    outcomes = _random_kills(live_store, builds, trials=60, seed=2, min_kills=30)
     assert outcomes["killed"] >= 30, outcomes
