@@ -198,6 +198,8 @@ def _random_kills(env: Env, builds: list[Path], trials: int, seed: int,
     return outcomes
 
 
+# 15 to 30 CLI round-trips with random delays: roomier than the suite's 120 s per test
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("seed", [1, 3])
 def test_sigkill_at_random_delays(live_store: Env, builds: list[Path], seed: int) -> None:
     """30 random-delay kills in make test (two stores of 15, run in parallel)."""
