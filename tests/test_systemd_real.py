@@ -228,8 +228,7 @@ def step_a_damaged_live_file_is_auto_reverted_by_the_service(box: Box) -> None:
     assert status["live"]["release_id"] == 2  # type: ignore[index]
     box.wait(f"curl -sf -m 5 -o /dev/null http://127.0.0.1:{box.port}/healthz",
                    timeout=30, what="/healthz 200 after the revert")
-    # logged by the service as an error, which journald keeps as its priority
-    # an auto-revert is one line at warning priority (issue 13)
+    # one line at warning priority (issue 13), which journald keeps as its priority
     assert "auto-revert: live release 3 -> 2" in box.sh(
         f"journalctl -u {MONITOR} -p warning --no-pager -o cat")
     assert box.prop(MONITOR, "ActiveState") == "active"
