@@ -35,6 +35,23 @@ def run_releaser(env: Env, *args: str, prefix: list[str] | None = None, timeout:
     )
 
 
+def peak_rss_kib(cmd: list[str], timeout: float = 120) -> tuple[int, int]:
+    """(peak RSS in KiB, exit code) of one command, measured by /usr/bin/time.
+
+    Not os.wait4 on a child of the test process: Linux keeps the RSS high-water mark
+    across exec, so a child forked from a large pytest worker reports the worker's memory.
+    /usr/bin/time is small when it forks the command, so %M is the command's own peak.
+    """
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"peak-rss-{os.getpid()}-{id(cmd)}.txt"
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(out), *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout)
+        return int(out.read_text().split()[-1]), proc.returncode
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def leftovers(env: Env) -> list[str]:
     """Anything in the store that is not a release file, state.db or the lock."""
     bad = []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import faults
 from .conftest import RELEASER_BIN, Env, config_text
+from .robust import peak_rss_kib
 
 # -- item 2: the same store through another spelling of its path ---------------
 
@@ -95,13 +96,6 @@ after_swap = [{{ argv = ["sh", "-c", "sleep 60 & echo $! >> {pids}; echo $$ >> {
     assert not any(_alive(p) for p in left), left
 
 
-def _peak_rss_kib(cmd: list[str]) -> tuple[int, int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss, proc.returncode
-
-
 def test_hook_printing_300_mb_keeps_publish_memory_flat(published: Env) -> None:
     """Item 12: a hook's output is streamed and only a bounded tail kept."""
     script = published.tmp / "loud.py"
@@ -111,7 +105,7 @@ def test_hook_printing_300_mb_keeps_publish_memory_flat(published: Env) -> None:
 [hooks]
 after_swap = [{{ argv = ["{sys.executable}", "{script}"], timeout_s = 60 }}]
 """)
-    rss, code = _peak_rss_kib([str(RELEASER_BIN), "--config", str(published.config),
+    rss, code = peak_rss_kib([str(RELEASER_BIN), "--config", str(published.config),
                                "publish", str(published.make_db("three.db", seed=3))])
     assert code == 0
     assert rss < 100 * 1024, f"peak RSS {rss / 1024:.0f} MB"

@@ -7,13 +7,13 @@ probe returning millions of rows: each is caught with one clear line.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
 
 from . import faults
 from .conftest import RELEASER_BIN, Env
+from .robust import peak_rss_kib
 
 
 def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -> None:
@@ -157,19 +157,10 @@ budget_ms = 100000
 min_rows = 1
 """, probe_runs="1")
     db = published.make_db("x.db", seed=3)
-    rss_kib = _peak_rss_kib(published, "validate", str(db))
+    # the probe streams rows until the 5 s query limit stops it: memory must stay flat
+    rss_kib, _ = peak_rss_kib([str(RELEASER_BIN), "--config", str(published.config),
+                               "validate", str(db)])
     assert rss_kib < 100 * 1024, f"peak RSS {rss_kib / 1024:.0f} MB"
-
-
-def _peak_rss_kib(env: Env, *args: str) -> int:
-    """Peak RSS of one `releaser` run (wait4 gives this child's own maximum)."""
-    proc = subprocess.Popen([str(RELEASER_BIN), "--config", str(env.config), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    proc.stderr.read()
-    _, _status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    return usage.ru_maxrss
 
 
 def test_gates_stop_the_background_scans_when_they_fail_early(published: Env) -> None:
