@@ -78,6 +78,8 @@ class Damager(threading.Thread):
         if st["live"]["release_id"] != rid or st["rollback_target"] is None:
             return
         path = Path(os.path.realpath(self.env.live))
+        if not path.name.startswith(f"release-{rid}."):
+            return  # live moved since rid was read: damage only the release recorded here
         size = path.stat().st_size
         since = state_rows(self.env, "SELECT COALESCE(MAX(id), 0) FROM events")[0][0]
         self.damaged.add(rid)
