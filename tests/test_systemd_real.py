@@ -260,7 +260,7 @@ def _has_event(outcome: str, from_release: int) -> str:
     return ("sudo -u releaser releaser history --json --limit 20 | python3 -c 'import json, "
             "sys; sys.exit(0 if any(e[\"action\"] == \"auto-revert\" and e[\"outcome\"] == "
             f"\"{outcome}\" and e[\"from_release_id\"] == {from_release} "
-            "for e in json.load(sys.stdin)) else 1)'")
+            "for e in json.load(sys.stdin)[\"data\"]) else 1)'")  # the --json envelope
 
 
 def step_a_failed_revert_is_recorded_and_retried(box: Box) -> None:
