@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import fsync_dir
+
 JOURNAL_NAME = "journal.jsonl"
 DEGRADED_MARKER = "journal.degraded"
 # a tail read for the newest entries reads this much from the end
@@ -98,7 +100,7 @@ class Journal:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def read(self) -> JournalRead:
         try:
@@ -130,7 +132,7 @@ class Journal:
             os.unlink(self.marker)
         except FileNotFoundError:
             return
-        _fsync_dir(self.marker.parent)
+        fsync_dir(self.marker.parent)
 
     def cut_torn_tail(self, good_size: int) -> None:
         """fsck --repair: drop the bytes after the last whole line."""
@@ -196,12 +198,4 @@ def _touch_durably(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

@@ -26,6 +26,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from .files import fsync_dir
+
 FORMAT = "releaser-manifest/1"
 MANIFEST_RE = re.compile(r"^release-(\d+)\.json$")
 TMP_PREFIX = ".staging-"  # store.STAGING_PREFIX: leftovers are removed by reconcile
@@ -104,7 +106,7 @@ def write(folder: Path, doc: dict[str, Any]) -> Path:
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return final
 
 
@@ -157,11 +159,3 @@ def remove(folder: Path, release_id: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
