@@ -16,7 +16,6 @@ from . import channel as channels
 from . import settings
 from .errors import NothingThere, UsageError
 from .pointer import Pointer
-from .rollback import _trusted_or_empty
 from .status import acks
 from .waves import Plan, judge
 
@@ -30,8 +29,7 @@ def control(config: Config, *, channel: str | None, action: str, actor: str,
         raise UsageError(f"unknown rollout action {action!r}")
     fleet = settings.fleet_of(config)
     name = settings.channel_of(fleet, channel)
-    key = settings.signing_key(fleet)
-    trusted = [key.public, *_trusted_or_empty(fleet)]
+    key, trusted = settings.publisher_keys(fleet)
     bucket = settings.open_bucket(fleet)
     start = channels.read(bucket, name, trusted)
     if start.pointer is None or start.pointer.plan is None:

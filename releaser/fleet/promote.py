@@ -13,7 +13,6 @@ from . import channel as channels
 from . import settings
 from .errors import NothingThere, Refused
 from .pointer import Pointer
-from .rollback import _trusted_or_empty
 from .status import acks
 
 if TYPE_CHECKING:
@@ -29,8 +28,7 @@ def promote(config: Config, *, source: str, target: str, require_acked: float,
         from .errors import UsageError
 
         raise UsageError("--from and --to name the same channel")
-    key = settings.signing_key(fleet)
-    trusted = [key.public, *_trusted_or_empty(fleet)]
+    key, trusted = settings.publisher_keys(fleet)
     bucket = settings.open_bucket(fleet)
     have = channels.read(bucket, src, trusted)
     if have.pointer is None:

@@ -44,8 +44,7 @@ def rollback(config: Config, *, channel: str | None, to_seq: int | None, actor: 
              note: str | None = None) -> dict[str, Any]:
     fleet = settings.fleet_of(config)
     name = settings.channel_of(fleet, channel)
-    key = settings.signing_key(fleet)
-    trusted = [key.public, *_trusted_or_empty(fleet)]
+    key, trusted = settings.publisher_keys(fleet)
     bucket = settings.open_bucket(fleet)
     start = channels.read(bucket, name, trusted)
     if start.pointer is None:
@@ -64,12 +63,3 @@ def rollback(config: Config, *, channel: str | None, to_seq: int | None, actor: 
     return {"outcome": "rolled-back", "channel": name, "seq": pointer.seq,
             "pointer": digest, "to_seq": target.seq, "sha256": target.release_sha256,
             "from_sha256": left, "manifest": target.manifest}
-
-
-def _trusted_or_empty(fleet: settings.Fleet) -> list:
-    from ..errors import ReleaserError
-
-    try:
-        return settings.trusted_keys(fleet)
-    except ReleaserError:
-        return []

@@ -111,3 +111,19 @@ def signing_key(fleet: Fleet) -> SecretKey:
         raise ConfigError("[fleet] signing_key is not set (needed on build hosts; make one "
                           "with `releaser fleet keygen`)")
     return SecretKey.load(fleet.signing_key)
+
+
+def trusted_keys_or_empty(fleet: Fleet) -> list[PublicKey]:
+    """The configured public keys, or none when public_keys is unset or unreadable."""
+    from ..errors import ReleaserError
+
+    try:
+        return trusted_keys(fleet)
+    except ReleaserError:
+        return []
+
+
+def publisher_keys(fleet: Fleet) -> tuple[SecretKey, list[PublicKey]]:
+    """A build host's signing key and the keys it trusts: its own first, then the configured."""
+    key = signing_key(fleet)
+    return key, [key.public, *trusted_keys_or_empty(fleet)]

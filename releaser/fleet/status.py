@@ -15,7 +15,6 @@ from . import channel as channels
 from . import layout, settings
 from .bucket import Bucket
 from .errors import NotFound
-from .rollback import _trusted_or_empty
 from .waves import Plan, view
 
 if TYPE_CHECKING:
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _trusted(fleet: settings.Fleet) -> list:
-    keys = _trusted_or_empty(fleet)
+    keys = settings.trusted_keys_or_empty(fleet)
     if not keys and fleet.signing_key is not None:
         keys = [settings.signing_key(fleet).public]
     if not keys:
