@@ -108,7 +108,7 @@ def floor(src: Path, work: Path, check_sql: list[str]) -> dict[str, float]:
 
 def publish(cfg: Path, src: Path) -> dict[str, object]:
     wall, rss, out = run([str(RELEASER), "--config", str(cfg), "publish", str(src), "--json"])
-    doc = json.loads(out)
+    doc = json.loads(out)["data"]  # the --json envelope
     assert doc["outcome"] == "published", doc
     return {"wall": wall, "rss_kib": rss, "timings_ms": doc["timings_ms"],
             "release_id": doc["release_id"]}
@@ -266,7 +266,7 @@ def main() -> int:
               f"{p['timings_ms']}; peak RSS {p['rss_kib'] / 1024:.0f} MB", flush=True)
 
     # rollback: the store now has the 10 MB release and the 1 GB one (live)
-    status = json.loads(run([str(RELEASER), "--config", str(cfg), "status", "--json"])[2])
+    status = json.loads(run([str(RELEASER), "--config", str(cfg), "status", "--json"])[2])["data"]
     big_id = status["live"]["release_id"]
     small_id = status["idle"]["release_id"]
     rb_big, rb_small, rb_big_ms, rb_small_ms = [], [], [], []
@@ -275,7 +275,7 @@ def main() -> int:
             wall, _, out = run([str(RELEASER), "--config", str(cfg), "rollback", "--to", str(rid),
                                 "--json"])
             walls.append(wall)
-            inner.append(json.loads(out)["duration_ms"])
+            inner.append(json.loads(out)["data"]["duration_ms"])
     # live is the 1 GB release again: monitor check vs the seed-style check
     monitor = [monitor_check(cfg) for _ in range(5)]
     seed_style = [seed_style_check(config.live_path) for _ in range(3)]

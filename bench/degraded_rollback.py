@@ -100,7 +100,7 @@ def damage(root: Path, how: str) -> subprocess.Popen | None:
 
 def events(cfg: Path) -> list[tuple]:
     _, proc = releaser(cfg, "history", "--limit", "100000", "--json")
-    return [(e["at"], e["action"], e["outcome"], e["release_id"]) for e in json.loads(proc.stdout)]
+    return [(e["at"], e["action"], e["outcome"], e["release_id"]) for e in json.loads(proc.stdout)["data"]]
 
 
 def main() -> int:
