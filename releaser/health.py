@@ -149,12 +149,9 @@ def identity_problem(path: Path, release: Release, state: StateDB) -> str | None
     `cp -a`), the sha256 decides, and a match is recorded so the next check is O(1)
     again; a different file of the same size fails on its hash.
     """
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return f"cannot stat {path}: {exc.strerror}"
-    if st.st_size != release.size:
-        return f"size {release.size} -> {st.st_size}"
+    st, problem = _stat_with_size(path, release)
+    if st is None:
+        return problem
     if release.inode is None or (st.st_ino, st.st_mtime_ns) == (release.inode,
                                                                 release.mtime_ns):
         return None
@@ -168,18 +165,26 @@ def identity_problem(path: Path, release: Release, state: StateDB) -> str | None
     return None
 
 
+def _stat_with_size(path: Path, release: Release) -> tuple[os.stat_result | None, str | None]:
+    """(stat, None) when path exists with the recorded size, else (None, the problem)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return None, f"cannot stat {path}: {exc.strerror}"
+    if st.st_size != release.size:
+        return None, f"size {release.size} -> {st.st_size}"
+    return st, None
+
+
 def identity_changed(path: Path, release: Release) -> str | None:
     """O(1), read-only: is path still the recorded file (size, inode, mtime)? None when so.
 
     Unlike identity_problem it never hashes (status must stay instant): a moved inode or
     mtime is reported, and `releaser check --hash` settles whether the bytes changed.
     """
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return f"cannot stat {path}: {exc.strerror}"
-    if st.st_size != release.size:
-        return f"size {release.size} -> {st.st_size}"
+    st, problem = _stat_with_size(path, release)
+    if st is None:
+        return problem
     if release.inode is not None and (st.st_ino, st.st_mtime_ns) != (release.inode,
                                                                      release.mtime_ns):
         return "its inode or mtime changed since it was placed; `releaser check --hash` decides"
