@@ -85,6 +85,22 @@ def state_rows(env: Env, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
+
+
+def assert_history_is_one_chain(env: Env, events: list[dict]) -> int:
+    """Every live-making event starts where the previous one left live, and the last one
+    made the live release (which is recorded and sound): returns its id."""
+    live_events = [e for e in events if e["action"] in LIVE_ACTIONS
+                   and e["outcome"] in ("published", "ok", "recovered")]
+    for prev, cur in zip(live_events, live_events[1:], strict=False):
+        if cur["from_release_id"] is not None:
+            assert cur["from_release_id"] == prev["release_id"], (prev, cur)
+    live_id = assert_live_is_recorded_and_sound(env)
+    assert live_events[-1]["release_id"] == live_id
+    return live_id
+
+
 def assert_live_is_recorded_and_sound(env: Env, *, statuses: tuple[str, ...] = ("good",)
                                       ) -> int:
     """live_path resolves into a slot, passes quick_check, and is a release in state.db."""

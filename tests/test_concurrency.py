@@ -24,7 +24,11 @@ from releaser.store import Store
 from tests.sample import write_sample
 
 from .conftest import RELEASER_BIN, Env
-from .robust import assert_live_is_recorded_and_sound, leftovers, state_rows
+from .robust import (
+    assert_history_is_one_chain,
+    leftovers,
+    state_rows,
+)
 
 MONITOR = """
 import json, sys
@@ -40,7 +44,6 @@ except LockBusy as exc:
     sys.exit(3)
 print(json.dumps(r.as_dict() if r else None))
 """
-LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +120,7 @@ def _check_outcome(env: Env, procs: list[tuple[str, subprocess.Popen]], events_b
     assert all(e["outcome"] in ("published", "ok") for e in new), new
     assert by_kind == completed, f"events {by_kind} != completed {completed}"
     # one chain: every live-making event starts where the previous one left live
-    live_events = [e for e in events if e["action"] in LIVE_ACTIONS
-                   and e["outcome"] in ("published", "ok", "recovered")]
-    for prev, cur in zip(live_events, live_events[1:], strict=False):
-        if cur["from_release_id"] is not None:
-            assert cur["from_release_id"] == prev["release_id"], (prev, cur)
-    live_id = assert_live_is_recorded_and_sound(env)
-    assert live_events[-1]["release_id"] == live_id
+    assert_history_is_one_chain(env, events)
     recorded = {r[0] for r in state_rows(env, "SELECT id FROM releases WHERE published_at "
                                               "IS NOT NULL")}
     seen_ids = {int(name.split("-")[1].split(".")[0]) for name in sampler.seen}
