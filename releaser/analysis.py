@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import promql
-from .config import REDUCERS as REDUCER_NAMES
-from .config import Analysis, Config, PrometheusQuery
+from .config import Config
+from .config_analysis import REDUCERS as REDUCER_NAMES
+from .config_analysis import Analysis, PrometheusQuery
 from .errors import ConfigError
 from .httpclient import NoAnswer, http_request
 from .state import utcnow

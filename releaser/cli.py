@@ -910,7 +910,7 @@ def monitor(interval_s: float | None, listen: str | None) -> None:
     """
     import dataclasses
 
-    from .config import Monitor as MonitorConfig
+    from .config_services import Monitor as MonitorConfig
     from .monitor import run_monitor
 
     config = _settings().config

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import indexcheck
-from .config import Check, Config, Probe
+from .config import Config
+from .config_gates import Check, Probe
 from .db import QueryTimeout, ReadOnlyDB, read_header
 from .progress import phase
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .config import Hook
+from .config_calls import Hook
 
 log = logging.getLogger("releaser.hooks")
 

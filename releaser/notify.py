@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import Notify, Webhook
+from .config_calls import Notify, Webhook
 from .httpclient import NoAnswer, http_request
 from .state import utcnow
 

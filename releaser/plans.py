@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 
-from .config import Probe
+from .config_gates import Probe
 from .db import QueryTimeout, ReadOnlyDB
 from .gates import ERROR, PASS, GateResult
 from .gates import WARN as GATE_WARN

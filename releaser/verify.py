@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import analysis
-from .config import ExecProbe, HttpProbe, Verify
+from .config_calls import ExecProbe, HttpProbe, Verify
 from .hooks import run_command
 from .httpclient import NoAnswer, http_request
 

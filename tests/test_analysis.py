@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from releaser import analysis, promql
-from releaser.config import Analysis, Bounds, PrometheusQuery
+from releaser.config_analysis import Analysis, PrometheusQuery
+from releaser.config_gates import Bounds
 
 from . import promserver
 from .conftest import DEFAULT_CONFIG, Env

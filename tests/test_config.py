@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from releaser.cli import cli
-from releaser.config import Bounds, load_config
+from releaser.config import load_config
+from releaser.config_gates import Bounds
 from releaser.errors import ConfigError
 
 from .conftest import DEFAULT_CONFIG, Env, config_text

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from releaser import notify, rollback
-from releaser.config import Webhook, load_config
+from releaser.config import load_config
+from releaser.config_calls import Webhook
 from tests.conftest import Env
 
 

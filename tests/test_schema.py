@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from releaser import plans, schema
-from releaser.config import Probe
+from releaser.config_gates import Probe
 from releaser.db import ReadOnlyDB
 
 from .conftest import Env

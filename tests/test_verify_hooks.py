@@ -337,7 +337,7 @@ def test_documented_optional_sections_parse(tmp_path: Path) -> None:
 
 
 def test_http_probe_checks_status_body_json_and_retries(store: Env, app: App) -> None:
-    from releaser.config import HttpProbe
+    from releaser.config_calls import HttpProbe
     from releaser.verify import check_http
 
     store.cli("publish", str(store.make_db("good.db", rows=3000, sql=GOOD_SQL)))
@@ -366,7 +366,7 @@ def test_http_probe_timeout_bounds_the_whole_answer() -> None:
     """A 200 whose body trickles in (each read quick, ~10 s in all) fails at timeout_s."""
     import time
 
-    from releaser.config import HttpProbe
+    from releaser.config_calls import HttpProbe
     from releaser.verify import check_http
     from tests.test_notify import SlowServer
 
