@@ -19,12 +19,10 @@ Cost does not grow with history: the verbs ask for the rows they need (by id, by
 index, with LIMIT); nothing loads every release or event except `releases --all`
 and `history` without a limit.
 
+Split by job: the tables and the read-only opening in state_schema.py, the row
+values in records.py, counters, the health log and compaction in state_counters.py.
 Readers (status, history, releases, diff, check, validate) open state.db with
-`mode=ro` (readonly=True) and never write. WAL mode needs a -shm file: a user who
-may not create one (not in the publishers' group) reads state.db as an immutable
-file when no writer has it open (then there is no -wal: SQLite checkpoints and
-removes it at the last close), and shares the writer's -wal/-shm (mode 0664, as
-state.db) when one has.
+`mode=ro` (readonly=True) and never write (state_schema.open_readonly).
 """
 
 from __future__ import annotations
@@ -33,11 +31,8 @@ import json
 import logging
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,144 +40,25 @@ from . import access, manifest
 from .errors import StoreIOError, UsageError
 from .journal import Journal, event_entry, new_uid, release_entry
 from .rebuild import ensure_uid_column
+from .records import Event, Release, utcnow
+from .state_counters import CountersMixin
+from .state_schema import (
+    ANALYSIS_COUNTER,
+    HEALTH_CHECKS_KEPT,
+    LIVE_ACTIONS,
+    LIVE_OUTCOMES,
+    SCHEMA,
+    open_readonly,
+)
+
+# names other modules import from here
+__all__ = ["ANALYSIS_COUNTER", "HEALTH_CHECKS_KEPT", "LIVE_ACTIONS", "LIVE_OUTCOMES", "SCHEMA",
+           "Event", "Release", "StateDB", "utcnow"]
 
 log = logging.getLogger("releaser.state")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS releases (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    inode INTEGER,
-    mtime_ns INTEGER,
-    source TEXT,
-    note TEXT,
-    created_at TEXT NOT NULL,
-    published_at TEXT,
-    status TEXT NOT NULL CHECK (status IN ('good', 'bad', 'rejected', 'aborted')),
-    status_reason TEXT,
-    report TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    action TEXT NOT NULL,
-    release_id INTEGER,
-    from_release_id INTEGER,
-    actor TEXT NOT NULL,
-    reason TEXT,
-    outcome TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS events_release ON events(release_id);
-CREATE INDEX IF NOT EXISTS events_action ON events(action, outcome);
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
--- compaction marks: events up to through_event_id may be deleted, no others
-CREATE TABLE IF NOT EXISTS compactions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    through_event_id INTEGER NOT NULL,
-    events_removed INTEGER NOT NULL,
-    releases_removed INTEGER NOT NULL
-);
-DROP TRIGGER IF EXISTS events_no_delete;
-CREATE TRIGGER IF NOT EXISTS events_no_delete_above_compaction BEFORE DELETE ON events
-WHEN OLD.id > (SELECT COALESCE(MAX(through_event_id), 0) FROM compactions)
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE INDEX IF NOT EXISTS releases_unpublished ON releases(id)
-    WHERE status = 'good' AND published_at IS NULL;
-CREATE INDEX IF NOT EXISTS releases_status ON releases(status, id);
-CREATE TABLE IF NOT EXISTS health_checks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    release_id INTEGER,
-    ok INTEGER NOT NULL,
-    duration_ms REAL NOT NULL,
-    actor TEXT NOT NULL,
-    reasons TEXT NOT NULL
-);
--- monotonic totals that outlive the trimmed health_checks rows (metrics read them)
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
 
-# events that change which release is live
-LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
-LIVE_OUTCOMES = ("published", "ok", "recovered")
-# counters rows "analysis:<name>:<outcome>" (names are TOML strings; the outcome has no ":")
-ANALYSIS_COUNTER = "analysis:"
-# how many health check rows to keep (the monitor writes one every interval)
-HEALTH_CHECKS_KEPT = 2000
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Release:
-    id: int
-    sha256: str
-    size: int
-    inode: int | None
-    mtime_ns: int | None
-    source: str | None
-    note: str | None
-    created_at: str
-    published_at: str | None
-    status: str
-    status_reason: str | None
-    report: dict[str, Any] | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Release:
-        d = dict(row)
-        d["report"] = json.loads(d["report"]) if d["report"] else None
-        return cls(**d)
-
-    def check_values(self) -> dict[str, float]:
-        """The [[checks]] values recorded when this release passed its gates."""
-        if not self.report:
-            return {}
-        return {
-            c["name"]: c["observed"]
-            for c in self.report.get("checks", [])
-            if c.get("kind") == "check" and isinstance(c.get("observed"), int | float)
-        }
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    at: str
-    action: str
-    release_id: int | None
-    from_release_id: int | None
-    actor: str
-    reason: str | None
-    outcome: str
-    detail: dict[str, Any] | None
-    uid: str | None = None  # the journal's identity of this event
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "at": self.at,
-            "action": self.action,
-            "release_id": self.release_id,
-            "from_release_id": self.from_release_id,
-            "actor": self.actor,
-            "reason": self.reason,
-            "outcome": self.outcome,
-            # e.g. {"analysis": {...}}: the queries, values and thresholds behind a revert
-            "detail": self.detail,
-        }
-
-
-class StateDB:
+class StateDB(CountersMixin):
     """state.db: WAL so the monitor and `status` can read while an operation writes.
 
     timeout_s bounds every wait for another process's write transaction (statefile.py
@@ -202,7 +78,7 @@ class StateDB:
         self._pending: list[dict[str, Any]] = []
         self._dirty: set[int] = set()
         if readonly and degraded is None:
-            self.conn = _open_readonly(path, timeout_s)
+            self.conn = open_readonly(path, timeout_s)
             self._has_uid = "uid" in {
                 r[1] for r in self.conn.execute("PRAGMA table_info(events)")}
             return
@@ -459,150 +335,3 @@ class StateDB:
         return self.conn.execute(
             "SELECT 1 FROM events WHERE action='auto-revert' AND from_release_id=?"
             " AND outcome <> 'failed' LIMIT 1", (release_id,)).fetchone() is not None
-
-    def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM events WHERE action=?"
-        params: tuple[Any, ...] = (action,)
-        if outcomes:
-            sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
-            params += outcomes
-        n = int(self.conn.execute(sql, params).fetchone()[0])
-        # events removed by compaction still count (metrics are monotonic)
-        like = [f"compacted:{action}:{o}" for o in outcomes] if outcomes else None
-        if like:
-            row = self.conn.execute(
-                f"SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
-                f"({','.join('?' * len(like))})", like).fetchone()
-        else:
-            row = self.conn.execute(
-                "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE ?",
-                (f"compacted:{action}:%",)).fetchone()
-        return n + int(row[0])
-
-    def compact(self, keep_events: int, on_disk: set[int]) -> tuple[int, int]:
-        """Remove all but the newest keep_events events, and release rows no kept event
-        names that are older than every kept event's release and not on disk.
-        Their counts go into `counters` first. Returns (events, releases) removed.
-        Cost: the rows removed (by id), so it stays flat when run after each publish."""
-        if keep_events <= 0:
-            return 0, 0
-        with self.transaction() as conn:
-            newest = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-            through = newest - keep_events
-            oldest = conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
-            if oldest is None or through < oldest:
-                return 0, 0
-            for action, outcome, n in conn.execute(
-                    "SELECT action, outcome, COUNT(*) FROM events WHERE id <= ?"
-                    " GROUP BY action, outcome", (through,)).fetchall():
-                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
-                             " DO UPDATE SET value = value + excluded.value",
-                             (f"compacted:{action}:{outcome}", n))
-            conn.execute("INSERT INTO compactions (at, through_event_id, events_removed,"
-                         " releases_removed) VALUES (?, ?, 0, 0)", (utcnow(), through))
-            events = conn.execute("DELETE FROM events WHERE id <= ?", (through,)).rowcount
-            floor = conn.execute(
-                "SELECT MIN(m) FROM (SELECT MIN(release_id) AS m FROM events UNION ALL "
-                "SELECT MIN(from_release_id) FROM events)").fetchone()[0]
-            releases = 0
-            if floor is not None:
-                keep = sorted(r for r in on_disk if r < floor)
-                releases = conn.execute(
-                    f"DELETE FROM releases WHERE id < ? AND id NOT IN "
-                    f"({','.join('?' * len(keep)) or 'NULL'})", (floor, *keep)).rowcount
-            conn.execute("UPDATE compactions SET events_removed = ?, releases_removed = ?"
-                         " WHERE id = last_insert_rowid()", (events, releases))
-        return events, releases
-
-    # -- health checks ----------------------------------------------------
-
-    def add_health_check(
-        self, *, release_id: int | None, ok: bool, duration_ms: float, actor: str,
-        reasons: list[str],
-    ) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO health_checks (at, release_id, ok, duration_ms, actor, reasons)"
-                " VALUES (?,?,?,?,?,?)",
-                (utcnow(), release_id, int(ok), duration_ms, actor, json.dumps(reasons)),
-            )
-            conn.execute(
-                "DELETE FROM health_checks WHERE id <= (SELECT MAX(id) FROM health_checks) - ?",
-                (HEALTH_CHECKS_KEPT,),
-            )
-            names = ["health_checks_total"] + ([] if ok else ["health_check_failures_total"])
-            for name in names:
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, 1)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
-
-    def count_analysis(self, name: str, outcome: str) -> None:
-        """One [[analysis.prometheus]] evaluation (publish's window or the monitor)."""
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, 1)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + 1",
-                (f"{ANALYSIS_COUNTER}{name}:{outcome}",))
-
-    def analysis_counts(self) -> list[tuple[str, str, int]]:
-        """(analysis name, outcome, total) for every evaluation counted so far."""
-        rows = self.conn.execute(
-            "SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name",
-            (ANALYSIS_COUNTER + "%",)).fetchall()
-        out = []
-        for row in rows:
-            query_name, _, outcome = row["name"][len(ANALYSIS_COUNTER):].rpartition(":")
-            out.append((query_name, outcome, int(row["value"])))
-        return out
-
-    def counter(self, name: str) -> int:
-        """A total from the counters table (0 before its first increment)."""
-        row = self.conn.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-        return int(row["value"]) if row else 0
-
-    def last_health_check(self) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT * FROM health_checks ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
-            return None
-        return {
-            "at": row["at"],
-            "release_id": row["release_id"],
-            "ok": bool(row["ok"]),
-            "duration_ms": row["duration_ms"],
-            "actor": row["actor"],
-            "reasons": json.loads(row["reasons"]),
-        }
-
-    def last_successful_health_check_at(self) -> str | None:
-        row = self.conn.execute(
-            "SELECT at FROM health_checks WHERE ok=1 ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return row["at"] if row else None
-
-
-def _open_readonly(path: Path, timeout_s: float = 2.0) -> sqlite3.Connection:
-    """state.db for reading only (mode=ro). A user who cannot create the WAL's -shm
-    file reads it as immutable when no -wal exists (nothing uncheckpointed)."""
-    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
-    if not os.access(path, os.R_OK):
-        raise UsageError(
-            f"{path}: permission denied: user {access.user_name()} cannot read the state "
-            f"database; make the store readable (state.db 0664, folders 2775; "
-            f"{access.GUIDE})")
-    attempts = [uri]
-    if (not os.path.exists(f"{path}-wal") and not os.path.exists(f"{path}-shm")
-            and not os.access(path.parent, os.W_OK)):
-        attempts.append(uri + "&immutable=1")
-    last: sqlite3.Error | None = None
-    for attempt in attempts:
-        conn = sqlite3.connect(attempt, uri=True, timeout=timeout_s, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.Error as exc:
-            conn.close()
-            last = exc
-    raise StoreIOError(f"{path}: cannot read the state database: {last}; a publisher "
-                       "(group member) running `releaser status` once repairs a leftover "
-                       "-wal or -journal") from None

@@ -1,0 +1,145 @@
+"""Counters, the health log and compaction: the totals that outlive trimmed rows.
+
+A mixin of StateDB (state.py), on its connection. Counters are monotonic: events
+removed by compaction (`[history] keep_events`) and trimmed health check rows are
+counted in `counters` first, so metrics never go backwards. Compaction records in
+`compactions` up to which event id it removes before removing anything; the
+trigger on events lets only events at or below the newest such mark go.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .records import utcnow
+from .state_schema import ANALYSIS_COUNTER, HEALTH_CHECKS_KEPT
+
+
+class CountersMixin:
+    conn: sqlite3.Connection
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM events WHERE action=?"
+        params: tuple[Any, ...] = (action,)
+        if outcomes:
+            sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
+            params += outcomes
+        n = int(self.conn.execute(sql, params).fetchone()[0])
+        # events removed by compaction still count (metrics are monotonic)
+        like = [f"compacted:{action}:{o}" for o in outcomes] if outcomes else None
+        if like:
+            row = self.conn.execute(
+                f"SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
+                f"({','.join('?' * len(like))})", like).fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE ?",
+                (f"compacted:{action}:%",)).fetchone()
+        return n + int(row[0])
+
+    def compact(self, keep_events: int, on_disk: set[int]) -> tuple[int, int]:
+        """Remove all but the newest keep_events events, and release rows no kept event
+        names that are older than every kept event's release and not on disk.
+        Their counts go into `counters` first. Returns (events, releases) removed.
+        Cost: the rows removed (by id), so it stays flat when run after each publish."""
+        if keep_events <= 0:
+            return 0, 0
+        with self.transaction() as conn:
+            newest = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+            through = newest - keep_events
+            oldest = conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
+            if oldest is None or through < oldest:
+                return 0, 0
+            for action, outcome, n in conn.execute(
+                    "SELECT action, outcome, COUNT(*) FROM events WHERE id <= ?"
+                    " GROUP BY action, outcome", (through,)).fetchall():
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
+                             " DO UPDATE SET value = value + excluded.value",
+                             (f"compacted:{action}:{outcome}", n))
+            conn.execute("INSERT INTO compactions (at, through_event_id, events_removed,"
+                         " releases_removed) VALUES (?, ?, 0, 0)", (utcnow(), through))
+            events = conn.execute("DELETE FROM events WHERE id <= ?", (through,)).rowcount
+            floor = conn.execute(
+                "SELECT MIN(m) FROM (SELECT MIN(release_id) AS m FROM events UNION ALL "
+                "SELECT MIN(from_release_id) FROM events)").fetchone()[0]
+            releases = 0
+            if floor is not None:
+                keep = sorted(r for r in on_disk if r < floor)
+                releases = conn.execute(
+                    f"DELETE FROM releases WHERE id < ? AND id NOT IN "
+                    f"({','.join('?' * len(keep)) or 'NULL'})", (floor, *keep)).rowcount
+            conn.execute("UPDATE compactions SET events_removed = ?, releases_removed = ?"
+                         " WHERE id = last_insert_rowid()", (events, releases))
+        return events, releases
+
+    # -- health checks ----------------------------------------------------
+
+    def add_health_check(
+        self, *, release_id: int | None, ok: bool, duration_ms: float, actor: str,
+        reasons: list[str],
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO health_checks (at, release_id, ok, duration_ms, actor, reasons)"
+                " VALUES (?,?,?,?,?,?)",
+                (utcnow(), release_id, int(ok), duration_ms, actor, json.dumps(reasons)),
+            )
+            conn.execute(
+                "DELETE FROM health_checks WHERE id <= (SELECT MAX(id) FROM health_checks) - ?",
+                (HEALTH_CHECKS_KEPT,),
+            )
+            names = ["health_checks_total"] + ([] if ok else ["health_check_failures_total"])
+            for name in names:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, 1)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+
+    def count_analysis(self, name: str, outcome: str) -> None:
+        """One [[analysis.prometheus]] evaluation (publish's window or the monitor)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                (f"{ANALYSIS_COUNTER}{name}:{outcome}",))
+
+    def analysis_counts(self) -> list[tuple[str, str, int]]:
+        """(analysis name, outcome, total) for every evaluation counted so far."""
+        rows = self.conn.execute(
+            "SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name",
+            (ANALYSIS_COUNTER + "%",)).fetchall()
+        out = []
+        for row in rows:
+            query_name, _, outcome = row["name"][len(ANALYSIS_COUNTER):].rpartition(":")
+            out.append((query_name, outcome, int(row["value"])))
+        return out
+
+    def counter(self, name: str) -> int:
+        """A total from the counters table (0 before its first increment)."""
+        row = self.conn.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return int(row["value"]) if row else 0
+
+    def last_health_check(self) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM health_checks ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return {
+            "at": row["at"],
+            "release_id": row["release_id"],
+            "ok": bool(row["ok"]),
+            "duration_ms": row["duration_ms"],
+            "actor": row["actor"],
+            "reasons": json.loads(row["reasons"]),
+        }
+
+    def last_successful_health_check_at(self) -> str | None:
+        row = self.conn.execute(
+            "SELECT at FROM health_checks WHERE ok=1 ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return row["at"] if row else None
+
