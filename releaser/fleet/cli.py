@@ -1,7 +1,7 @@
 """`releaser fleet ...` and `releaser agent`: thin click commands over the fleet verbs.
 
-Registered into releaser/cli.py, whose group turns ReleaserError into one line and the
-documented exit code: 1 refused (gates, signature, acks below --require-acked),
+Registered into releaser/cli.py; the group (cli_group.py) turns ReleaserError into one
+line and the documented exit code: 1 refused (gates, signature, acks below --require-acked),
 2 usage/config, 3 the channel pointer was moved by another writer, 4 nothing to roll
 back to or promote, 5 bucket unreachable / I/O.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import _settings, actor, emit_json, json_option
+from ..cli_common import _settings, actor, emit_json, json_option
 
 channel_option = click.option("--channel", metavar="NAME",
                               help="Channel (default: [fleet] channel).")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..cli import _settings, emit_json, json_option
+from ..cli_common import _settings, emit_json, json_option
 
 
 @click.command()
@@ -47,7 +47,7 @@ def doctor(writers: int, trials: int, as_json: bool) -> None:
 
 
 def _control(action: str, channel: str | None, note: str | None, as_json: bool) -> None:
-    from ..cli import actor
+    from ..cli_common import actor
     from .control import control
 
     result = control(_settings().config, channel=channel, action=action, actor=actor(),
