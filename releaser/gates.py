@@ -3,93 +3,29 @@
 Order: is it SQLite; integrity (quick_check plus the index-vs-table check of
 indexcheck.py, or integrity_check); foreign keys; required schema and virtual table
 modules; [[checks]]; [[probes]]. The first ones are structural: the first failure
-stops the run, since nothing after it would mean anything.
+stops the run, since nothing after it would mean anything. The result types live in
+gate_result.py, the [[checks]] and [[probes]] runners in checks.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import indexcheck
+from .checks import p95, run_check, run_probe
 from .config import Config
-from .config_gates import Check, Probe
 from .db import QueryTimeout, ReadOnlyDB, read_header
+from .gate_result import ERROR, FAIL, PASS, STRUCTURAL, WARN, GateReport, GateResult, timed
 from .progress import phase
 
-PASS, WARN, FAIL, ERROR = "pass", "warn", "fail", "error"
-STRUCTURAL = ("file", "integrity", "foreign_keys", "schema")
-
-
-@dataclass
-class GateResult:
-    name: str
-    kind: str  # file | integrity | foreign_keys | schema | check | probe
-    outcome: str  # pass | warn | fail | error
-    observed: Any = None
-    threshold: str | None = None
-    duration_ms: float = 0.0
-    detail: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def reason(self) -> str:
-        text = f"{self.kind} {self.name}: {self.outcome}"
-        if self.detail:
-            text += f": {self.detail}"
-        elif self.threshold is not None:
-            text += f": observed {_fmt(self.observed)}, expected {self.threshold}"
-        return text
-
-
-@dataclass
-class GateReport:
-    path: str
-    results: list[GateResult] = field(default_factory=list)
-
-    def blocking(self, strict: bool = False) -> list[GateResult]:
-        bad = (FAIL, ERROR, WARN) if strict else (FAIL, ERROR)
-        return [r for r in self.results if r.outcome in bad]
-
-    def passed(self, strict: bool = False) -> bool:
-        return not self.blocking(strict)
-
-    def warnings(self) -> list[GateResult]:
-        return [r for r in self.results if r.outcome == WARN]
-
-    def check_values(self) -> dict[str, float]:
-        return {
-            r.name: r.observed for r in self.results
-            if r.kind == "check" and isinstance(r.observed, int | float)
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "checks": [r.as_dict() for r in self.results]}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "NULL" if value is None else str(value)
-
-
-@contextmanager
-def _timed(result: GateResult) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        result.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
+# names other modules use as gates.X
+__all__ = ["ERROR", "FAIL", "PASS", "STRUCTURAL", "WARN", "GateReport", "GateResult", "p95",
+           "run_check", "run_probe"]
 
 
 # -- structural gates ------------------------------------------------------
@@ -98,7 +34,7 @@ def _timed(result: GateResult) -> Iterator[None]:
 def check_file(path: Path) -> GateResult:
     """Is it a whole SQLite file? Header magic, page size, and size against the header."""
     r = GateResult("sqlite_file", "file", PASS, threshold="a SQLite 3 database")
-    with _timed(r):
+    with timed(r):
         try:
             size = os.path.getsize(path)
             header = read_header(path)
@@ -123,7 +59,7 @@ def check_file(path: Path) -> GateResult:
 def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
     pragma = "quick_check" if mode == "quick" else "integrity_check"
     r = GateResult(pragma, "integrity", PASS, threshold="ok")
-    with _timed(r):
+    with timed(r):
         try:
             rows = db.all(f"PRAGMA {pragma}(20)", timeout_ms=timeout_ms)
         except QueryTimeout as exc:
@@ -142,7 +78,7 @@ def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
 def check_indexes(db: ReadOnlyDB, timeout_ms: int) -> GateResult:
     """Every plain-column index against its table (indexcheck.py): quick_check's gap."""
     r = GateResult("index_check", "integrity", PASS, threshold="indexes agree with tables")
-    with _timed(r):
+    with timed(r):
         try:
             with db.deadline(timeout_ms):
                 plan = indexcheck.plan(db.conn)
@@ -164,7 +100,7 @@ def check_indexes(db: ReadOnlyDB, timeout_ms: int) -> GateResult:
 def check_virtual_tables(db: ReadOnlyDB) -> GateResult:
     """A table USING a module this SQLite lacks cannot be opened by any reader like it."""
     r = GateResult("virtual_tables", "schema", PASS, threshold="every module available")
-    with _timed(r):
+    with timed(r):
         try:
             tables = db.all("SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
                             "AND sql LIKE 'CREATE VIRTUAL TABLE%'")
@@ -186,7 +122,7 @@ def check_virtual_tables(db: ReadOnlyDB) -> GateResult:
 
 def check_foreign_keys(db: ReadOnlyDB) -> GateResult:
     r = GateResult("foreign_key_check", "foreign_keys", PASS, observed=0, threshold="0 violations")
-    with _timed(r):
+    with timed(r):
         try:
             rows = db.all("PRAGMA foreign_key_check")
         except (sqlite3.DatabaseError, QueryTimeout) as exc:
@@ -204,7 +140,7 @@ def check_foreign_keys(db: ReadOnlyDB) -> GateResult:
 def check_required_schema(db: ReadOnlyDB, required: dict[str, tuple[str, ...]]) -> GateResult:
     r = GateResult("required_schema", "schema", PASS,
                    threshold=", ".join(f"{t}({', '.join(c)})" for t, c in required.items()) or None)
-    with _timed(r):
+    with timed(r):
         problems = []
         try:
             for table, columns in required.items():
@@ -222,92 +158,6 @@ def check_required_schema(db: ReadOnlyDB, required: dict[str, tuple[str, ...]]) 
         r.observed = "ok" if not problems else f"{len(problems)} problem(s)"
         if problems:
             r.outcome, r.detail = FAIL, "; ".join(problems)
-    return r
-
-
-# -- checks and probes -----------------------------------------------------
-
-
-def run_check(db: ReadOnlyDB, check: Check, baseline: float | None) -> GateResult:
-    parts = []
-    if not check.fail.empty:
-        parts.append(f"fail outside {check.fail.describe()}")
-    if not check.warn.empty:
-        parts.append(f"warn outside {check.warn.describe()}")
-    r = GateResult(check.name, "check", PASS, threshold="; ".join(parts) or None)
-    with _timed(r):
-        try:
-            value = db.single(check.sql)
-        except (sqlite3.DatabaseError, QueryTimeout) as exc:
-            r.outcome, r.detail = ERROR, f"query failed: {exc}"
-            return r
-    r.observed = value
-    if value is None:
-        r.outcome, r.detail = FAIL, "query returned NULL (no rows, or only NULL values)"
-        return r
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        r.outcome, r.detail = ERROR, f"query returned {value!r}, not a number"
-        return r
-    if not check.fail.contains(value):
-        r.outcome = FAIL
-        r.detail = f"observed {_fmt(value)}, expected {check.fail.describe()}"
-        return r
-    if baseline is not None and not check.change.empty:
-        problem = _change_problem(check, float(value), float(baseline))
-        if problem:
-            r.outcome, r.detail = FAIL, problem
-            return r
-    if not check.warn.contains(value):
-        r.outcome = WARN
-        r.detail = f"observed {_fmt(value)}, warn outside {check.warn.describe()}"
-    return r
-
-
-def _change_problem(check: Check, value: float, base: float) -> str | None:
-    c = check.change
-    live = f"live release has {_fmt(base)}, candidate {_fmt(value)}"
-    if base != 0 and c.max_drop_pct is not None:
-        drop = (base - value) / abs(base) * 100
-        if drop > c.max_drop_pct:
-            return f"dropped {drop:.2f}% (max {c.max_drop_pct:g}%): {live}"
-    if base != 0 and c.max_growth_pct is not None:
-        growth = (value - base) / abs(base) * 100
-        if growth > c.max_growth_pct:
-            return f"grew {growth:.2f}% (max {c.max_growth_pct:g}%): {live}"
-    if c.max_delta is not None and abs(value - base) > c.max_delta:
-        return f"changed by {abs(value - base):.6g} (max {c.max_delta:g}): {live}"
-    return None
-
-
-def p95(durations: list[float]) -> float:
-    ordered = sorted(durations)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def run_probe(db: ReadOnlyDB, probe: Probe, runs: int) -> GateResult:
-    threshold = f"p95 <= {probe.budget_ms:g} ms" + (
-        f", >= {probe.min_rows} rows" if probe.min_rows else "")
-    r = GateResult(probe.name, "probe", PASS, threshold=threshold)
-    durations: list[float] = []
-    rows = 0
-    with _timed(r):
-        try:
-            for i in range(runs):
-                t0 = time.perf_counter()
-                got = db.count_rows(probe.sql, probe.params)  # streamed: memory stays flat
-                durations.append((time.perf_counter() - t0) * 1000)
-                if i == 0:
-                    rows = got
-        except (sqlite3.DatabaseError, QueryTimeout) as exc:
-            r.outcome, r.detail = ERROR, f"query failed: {exc}"
-            return r
-    q = p95(durations)
-    r.observed = round(q, 3)
-    if rows < probe.min_rows:
-        r.outcome, r.detail = FAIL, f"returned {rows} row(s), expected at least {probe.min_rows}"
-    elif q > probe.budget_ms:
-        r.outcome, r.detail = FAIL, (
-            f"p95 {q:.1f} ms over {runs} runs exceeds the {probe.budget_ms:g} ms budget")
     return r
 
 
