@@ -15,8 +15,9 @@ several users (README "Users and permissions"); a rename needs only write access
 the two folders, keeps the inode (open readers, recorded identity) and costs O(1).
 The previous release leaves a slot only after the swap that replaces it succeeded.
 
-Copying a candidate in is staging.py's job; this module names, links, renames,
-removes and locks. Rules every function here keeps:
+Copying a candidate in is staging.py's job, the lock store_lock.py's (Store.lock
+hands over to it); this module names, links, renames and removes. Rules every
+function here keeps:
 - a release file is never written after it is renamed into place (readers that
   opened it keep its inode); new content is a new file: temp name, fsync, rename;
 - the live symlink changes only by os.replace of a fully-made symlink, followed
@@ -26,20 +27,17 @@ removes and locks. Rules every function here keeps:
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import re
 import secrets
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import access, manifest, staging
-from .errors import LockBusy, StoreIOError
+from . import access, manifest, staging, store_lock
+from .errors import StoreIOError
 from .files import fsync_dir, io_error, remove_quietly
 from .staging import ProgressFn, Staged
 
@@ -365,77 +363,13 @@ class Store:
             remove_quietly(path)
         return found
 
-    # -- lock -------------------------------------------------------------
+    # -- lock (store_lock.py) ----------------------------------------------
 
-    @contextmanager
-    def lock(self, command: str, wait_s: float = 0.0) -> Iterator[None]:
+    def lock(self, command: str, wait_s: float = 0.0) -> AbstractContextManager[None]:
         """Exclusive flock on root/lock; records the holder for `status`."""
-        access.ensure_writable(self.writable_paths(), self.root)
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, access.SHARED_FILE_MODE)
-        except OSError as exc:
-            raise io_error(self.lock_path, exc) from None
-        try:
-            if os.fstat(fd).st_uid == os.geteuid():
-                access.set_mode(fd, access.SHARED_FILE_MODE)  # whatever the umask
-            deadline = time.monotonic() + max(wait_s, 0.0)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = self.lock_holder()
-                        who = (
-                            f"pid {holder['pid']} ({holder['command']}, since {holder['since']})"
-                            if holder else "another process"
-                        )
-                        raise LockBusy(
-                            f"{self.root}: the store is locked by {who}; retry later or pass "
-                            "--wait SECONDS"
-                        ) from None
-                    time.sleep(0.05)
-            info = json.dumps({
-                "pid": os.getpid(), "command": command,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return store_lock.hold(self.lock_path, self.root, self.writable_paths(), command,
+                               wait_s)
 
     def lock_holder(self) -> dict[str, object] | None:
-        """The recorded holder, if the lock is held now.
-
-        The flock itself is probed, not the recorded pid: a holder killed by SIGKILL
-        leaves its record behind, and its pid may belong to another process by now.
-        """
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass  # held: read who holds it
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return None  # nobody holds it, whatever the file says
-            raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        try:
-            info = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            return None
-        if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
-            return None
-        return info
+        """The recorded holder, if the lock is held now (store_lock.holder)."""
+        return store_lock.holder(self.lock_path)
