@@ -6,19 +6,23 @@ For each history size a store is made with the real pipeline, then its state.db 
 grown with N old releases (each with the recorded gate report of a real one, about
 4 KB, and its publish event; their files long pruned, as keep_releases does), and two
 real releases are published on top. Each command then runs in-process through the CLI
-(click's runner, no interpreter start-up in the figure), median of --runs:
+(click's runner, no interpreter start-up in the figure), the two sizes interleaved in
+each run (so both see the same machine load), and the figure is the minimum of --runs
+(wall time; the least disturbed by other processes), CPU time beside it:
   publish (a 3,000-row build), rollback, status, releases, history, check.
+`releases` and `history` show one page of --page rows at both sizes (checked), so the
+ratio compares the same work.
 Target: each command's time at 10,000 releases <= 1.3 x its time at 10.
-Prints the table; writes bench-results/history-latest.json.
+Prints the table with the load average; writes bench-results/history-latest.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -78,24 +82,50 @@ def _store(work: Path, n_old: int) -> tuple[Path, Path, Path]:
     return config, a, b
 
 
-def _time(fn: object) -> float:
-    t0 = time.perf_counter()
+def _time(fn: object) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()  # type: ignore[operator]
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure(work: Path, n_old: int, runs: int) -> dict[str, float]:
-    config, a, b = _store(work, n_old)
-    times: dict[str, list[float]] = {c: [] for c in COMMANDS}
+def _rows(config: Path, command: str, page: int) -> int:
+    out = json.loads(_cli(config, command, "--json", "--limit", str(page)))
+    rows = out["data"] if isinstance(out, dict) and "data" in out else out
+    return len(rows)
+
+
+def _one_run(config: Path, a: Path, b: Path, page: int) -> dict[str, tuple[float, float]]:
+    # a is live: publish b, then roll back to a
+    page_s = str(page)
+    return {
+        "publish": _time(lambda: _cli(config, "publish", str(b), "--no-wait")),
+        "rollback": _time(lambda: _cli(config, "rollback")),
+        "status": _time(lambda: _cli(config, "status", "--json")),
+        "releases": _time(lambda: _cli(config, "releases", "--json", "--limit", page_s)),
+        "history": _time(lambda: _cli(config, "history", "--json", "--limit", page_s)),
+        "check": _time(lambda: _cli(config, "check", "--no-integrity")),
+    }
+
+
+def measure(base: Path, sizes: dict[str, int], runs: int, page: int
+            ) -> dict[str, dict[str, tuple[float, float]]]:
+    """{size name: {command: (min wall, min CPU)}}, the sizes interleaved per run."""
+    stores = {name: _store(base / name, n) for name, n in sizes.items()}
+    for name, (config, _, _) in stores.items():
+        for command in ("releases", "history"):
+            shown = _rows(config, command, page)
+            if shown != page:
+                raise SystemExit(f"{name}: `{command} --limit {page}` shows {shown} rows, "
+                                 f"not {page}: the sizes would not compare the same work")
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {
+        name: {c: [] for c in COMMANDS} for name in sizes}
     for _ in range(runs):
-        # a is live: publish b, then roll back to a
-        times["publish"].append(_time(lambda: _cli(config, "publish", str(b), "--no-wait")))
-        times["rollback"].append(_time(lambda: _cli(config, "rollback")))
-        times["status"].append(_time(lambda: _cli(config, "status", "--json")))
-        times["releases"].append(_time(lambda: _cli(config, "releases", "--json")))
-        times["history"].append(_time(lambda: _cli(config, "history", "--json")))
-        times["check"].append(_time(lambda: _cli(config, "check", "--no-integrity")))
-    return {c: statistics.median(v) for c, v in times.items()}
+        for name, (config, a, b) in stores.items():
+            for c, t in _one_run(config, a, b, page).items():
+                samples[name][c].append(t)
+    return {name: {c: (min(w for w, _ in v), min(u for _, u in v)) for c, v in got.items()}
+            for name, got in samples.items()}
 
 
 def main() -> int:
@@ -103,33 +133,46 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=10)
     ap.add_argument("--big", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--page", type=int, default=10,
+                    help="rows `releases` and `history` show at both sizes")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="releaser-history-bench-"))
+    load_before = os.getloadavg()
     try:
         t0 = time.perf_counter()
-        small = measure(base / "small", max(args.small - 3, 0), args.runs)
-        big = measure(base / "big", max(args.big - 3, 0), args.runs)
+        got = measure(base, {"small": max(args.small - 3, 0), "big": max(args.big - 3, 0)},
+                      args.runs, args.page)
         elapsed = time.perf_counter() - t0
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"\nhistory size: {args.small} vs {args.big} releases in state.db "
-          f"(median of {args.runs}, in-process CLI)")
-    print(f"{'command':<10} {args.small:>9} {args.big:>9}   ratio  target")
+    load_after = os.getloadavg()
+    small, big = got["small"], got["big"]
+    print(f"\nhistory size: {args.small} vs {args.big} releases in state.db (min of "
+          f"{args.runs} runs, sizes interleaved, in-process CLI; `releases`/`history`: "
+          f"{args.page} rows at both)")
+    print(f"load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end "
+          f"({os.cpu_count()} CPUs)")
+    print(f"{'command':<10} {args.small:>9} {args.big:>9}   ratio  floor      "
+          f"cpu {args.small:>5} {args.big:>7}  ratio")
     ok = True
     rows = {}
     for c in COMMANDS:
-        ratio = big[c] / small[c] if small[c] else float("inf")
+        ratio = big[c][0] / small[c][0] if small[c][0] else float("inf")
+        cpu_ratio = big[c][1] / small[c][1] if small[c][1] else float("inf")
         good = ratio <= TARGET
         ok &= good
-        rows[c] = {"small_s": small[c], "big_s": big[c], "ratio": ratio}
-        print(f"{c:<10} {small[c] * 1000:>7.1f}ms {big[c] * 1000:>7.1f}ms  {ratio:5.2f}"
-              f"  <= {TARGET} {'ok' if good else 'MISSED'}")
+        rows[c] = {"small_s": small[c][0], "big_s": big[c][0], "ratio": ratio,
+                   "small_cpu_s": small[c][1], "big_cpu_s": big[c][1], "cpu_ratio": cpu_ratio}
+        print(f"{c:<10} {small[c][0] * 1000:>7.1f}ms {big[c][0] * 1000:>7.1f}ms  {ratio:5.2f}"
+              f"  <= {TARGET} {'ok    ' if good else 'MISSED'}"
+              f" {small[c][1] * 1000:>7.1f}ms {big[c][1] * 1000:>7.1f}ms  {cpu_ratio:5.2f}")
     print(f"({elapsed:.0f} s)")
     out = REPO / "bench-results"
     out.mkdir(exist_ok=True)
     (out / "history-latest.json").write_text(json.dumps(
-        {"small": args.small, "big": args.big, "runs": args.runs, "commands": rows,
-         "target": TARGET, "ok": ok}, indent=2))
+        {"small": args.small, "big": args.big, "runs": args.runs, "page": args.page,
+         "statistic": "min", "load_average": [load_before[0], load_after[0]],
+         "commands": rows, "target": TARGET, "ok": ok}, indent=2))
     return 0 if ok else 1
 
 

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -35,6 +36,8 @@ JOURNAL_NAME = "journal.jsonl"
 DEGRADED_MARKER = "journal.degraded"
 # a tail read for the newest entries reads this much from the end
 TAIL_BYTES = 256 * 1024
+# a mark (read_after) identifies the file by a hash of this many bytes before its offset
+MARK_BYTES = 256
 
 
 def new_uid() -> str:
@@ -124,6 +127,41 @@ class Journal:
             raw = raw[cut + 1:] if cut >= 0 else b""
         return parse(raw).entries
 
+    def read_after(self, offset: int, before_sha256: str
+                   ) -> tuple[list[dict[str, Any]], int, str] | None:
+        """The whole lines after byte offset, if the bytes before it still hash to
+        before_sha256 (None: the journal was rotated, cut or replaced since the mark).
+        Returns (entries, end, hash before end): end is just after the last whole line,
+        where the next mark goes."""
+        try:
+            with open(self.path, "rb") as fh:
+                start = max(0, offset - MARK_BYTES)
+                fh.seek(start)
+                raw = fh.read()
+        except FileNotFoundError:
+            return None
+        if len(raw) < offset - start or _sha(raw[:offset - start]) != before_sha256:
+            return None
+        read = parse(raw[offset - start:])
+        end = offset + read.good_size
+        return read.entries, end, _sha(raw[max(0, end - start - MARK_BYTES):end - start])
+
+    def tail_marked(self, nbytes: int = TAIL_BYTES
+                    ) -> tuple[list[dict[str, Any]], int, str]:
+        """tail(), with the mark of its end as read_after returns it."""
+        try:
+            with open(self.path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                start = max(0, size - nbytes)
+                fh.seek(start)
+                raw = fh.read()
+        except FileNotFoundError:
+            return [], 0, _sha(b"")
+        end = raw.rfind(b"\n") + 1
+        mark = _sha(raw[max(0, end - MARK_BYTES):end])
+        cut = raw.find(b"\n") + 1 if start > 0 else 0
+        return parse(raw[cut:end]).entries, start + end, mark
+
     def degraded_pending(self) -> bool:
         return self.marker.exists()
 
@@ -182,6 +220,10 @@ def event_entry(row: dict[str, Any], uid: str) -> dict[str, Any]:
 
 def release_entry(release_id: int, **fields: Any) -> dict[str, Any]:
     return {"t": "release", "id": release_id, **fields}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _ends_torn(fd: int) -> bool:

@@ -1,6 +1,8 @@
 """Rows of state.db as values: Release and Event (frozen), and the timestamp format.
 
-Plain values: nothing here touches the database.
+Plain values: nothing here touches the database. A Release keeps its gate report as
+stored (JSON text) and decodes it only when `report` is read, so listing releases or
+walking history never pays for reports nobody prints.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 
@@ -29,13 +32,17 @@ class Release:
     published_at: str | None
     status: str
     status_reason: str | None
-    report: dict[str, Any] | None
+    report_json: str | None  # as state.db stores it; `report` decodes it once
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Release:
         d = dict(row)
-        d["report"] = json.loads(d["report"]) if d["report"] else None
+        d["report_json"] = d.pop("report")
         return cls(**d)
+
+    @cached_property
+    def report(self) -> dict[str, Any] | None:
+        return json.loads(self.report_json) if self.report_json else None
 
     def check_values(self) -> dict[str, float]:
         """The [[checks]] values recorded when this release passed its gates."""

@@ -115,32 +115,47 @@ def previous_release(ctx: Context, live_id: int | None,
     ones no longer on disk, and ones that were themselves rolled back from.
 
     skipped: gets one line per good release passed over because its file is gone
-    (the caller says so: the user expected that one)."""
+    (the caller says so: the user expected that one).
+
+    Cost does not grow with history: only a release on disk can be the answer, so
+    the walk stops once every on-disk release some live transition names has been
+    met (taken or passed over); releases not on disk are judged by status alone."""
+    store = ctx.store
+    on_disk = on_disk_ids(store)
+    pending = ctx.state.named_by_live_transitions(on_disk - {live_id})
     rolled_back: set[int] = set()
     seen: set[int] = set()
     for event in ctx.state.iter_live_transitions():
+        if not pending:
+            break
         if event.action in ("rollback", "auto-revert") and event.from_release_id is not None:
             rolled_back.add(event.from_release_id)
+            pending.discard(event.from_release_id)
         rid = event.release_id
         if rid is None or rid == live_id or rid in seen or rid in rolled_back:
             continue
         seen.add(rid)
-        rel = ctx.state.release(rid)
-        if rel is not None and rel.status == "good":
-            if file_of(ctx.store, rid) is not None:
+        pending.discard(rid)
+        if rid in on_disk:
+            rel = ctx.state.release(rid)
+            if rel is not None and rel.status == "good" and file_of(store, rid) is not None:
                 return rel
-            if skipped is not None:
-                skipped.append(f"skipped release {rid}: its file is no longer in the store "
-                               "(slots or archive)")
+        elif skipped is not None and ctx.state.release_status(rid) == "good":
+            skipped.append(f"skipped release {rid}: its file is no longer in the store "
+                           "(slots or archive)")
     return None
+
+
+def on_disk_ids(store: Store) -> set[int]:
+    """Every release with a file in a slot or the archive (keep_releases of them)."""
+    return {rid for s in SLOTS for rid in store.slot_files(s)} | store.archived_ids()
 
 
 def rollback_candidates(ctx: Context, live_id: int | None, limit: int = 5) -> list[Release]:
     """What `rollback --to` accepts, newest first: good, published, on disk, not live."""
     out: list[Release] = []
     # from the files on disk (keep_releases of them), not the whole history
-    store = ctx.store
-    on_disk = {rid for s in SLOTS for rid in store.slot_files(s)} | store.archived_ids()
+    on_disk = on_disk_ids(ctx.store)
     for rid in sorted(on_disk - {live_id}, reverse=True):
         rel = ctx.state.release(rid)
         if rel is not None and rel.status == "good" and rel.published_at:

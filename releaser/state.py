@@ -47,6 +47,7 @@ from .state_schema import (
     HEALTH_CHECKS_KEPT,
     LIVE_ACTIONS,
     LIVE_OUTCOMES,
+    LIVE_WHERE,
     SCHEMA,
     open_readonly,
 )
@@ -77,6 +78,7 @@ class StateDB(CountersMixin):
         self.readonly = readonly
         self._pending: list[dict[str, Any]] = []
         self._dirty: set[int] = set()
+        self._live_index: bool | None = None  # has events_live (see _live_sql)
         if readonly and degraded is None:
             self.conn = open_readonly(path, timeout_s)
             self._has_uid = "uid" in {
@@ -303,12 +305,20 @@ class StateDB(CountersMixin):
         d.setdefault("uid", None)
         return Event(**d)
 
+    def _live_sql(self) -> str:
+        """Live transitions newest first, read in id order from the partial index
+        events_live (no sort of every publish), when this state.db has it."""
+        if self._live_index is None:
+            self._live_index = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='index' AND name='events_live'"
+            ).fetchone() is not None
+        hint = " INDEXED BY events_live" if self._live_index else ""
+        return f"SELECT * FROM events{hint} WHERE {LIVE_WHERE} ORDER BY id DESC"
+
     def iter_live_transitions(self) -> Iterator[Event]:
         """live_transitions, newest first, read lazily: a caller that stops early
         (previous_release, nearly always at the first or second) reads no more."""
-        sql = (f"SELECT * FROM events WHERE action IN ({','.join('?' * len(LIVE_ACTIONS))})"
-               f" AND outcome IN ({','.join('?' * len(LIVE_OUTCOMES))}) ORDER BY id DESC")
-        cur = self.conn.execute(sql, (*LIVE_ACTIONS, *LIVE_OUTCOMES))
+        cur = self.conn.execute(self._live_sql())
         try:
             while rows := cur.fetchmany(16):
                 for row in rows:
@@ -319,15 +329,29 @@ class StateDB(CountersMixin):
     def live_transitions(self, limit: int | None = None) -> list[Event]:
         """Events that made a release live, newest first.
 
-        Filtered in SQL (indexed by action) so rejects, however many, cost nothing:
-        rollback reads this and must not slow down as history grows."""
-        sql = (f"SELECT * FROM events WHERE action IN ({','.join('?' * len(LIVE_ACTIONS))})"
-               f" AND outcome IN ({','.join('?' * len(LIVE_OUTCOMES))}) ORDER BY id DESC")
-        params: tuple[Any, ...] = (*LIVE_ACTIONS, *LIVE_OUTCOMES)
+        Filtered in SQL (the partial index events_live) so rejects, however many, cost
+        nothing: rollback reads this and must not slow down as history grows."""
+        sql = self._live_sql()
+        params: tuple[Any, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
-            params += (limit,)
+            params = (limit,)
         return [self._event(row) for row in self.conn.execute(sql, params).fetchall()]
+
+    def named_by_live_transitions(self, ids: set[int]) -> set[int]:
+        """Those of ids some live transition made live (by the events_release index)."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT release_id FROM events WHERE release_id IN ({marks})"
+            f" AND {LIVE_WHERE}", tuple(sorted(ids)))}
+
+    def release_status(self, release_id: int) -> str | None:
+        """A release's status alone (no report read or decoded)."""
+        row = self.conn.execute("SELECT status FROM releases WHERE id=?",
+                                (release_id,)).fetchone()
+        return row[0] if row else None
 
     def auto_reverted_from(self, release_id: int) -> bool:
         """An auto-revert away from this release was settled (ok, no-target, refused);

@@ -22,6 +22,18 @@ from pathlib import Path
 from . import access
 from .errors import StoreIOError, UsageError
 
+# events that change which release is live
+LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
+LIVE_OUTCOMES = ("published", "ok", "recovered")
+# counters rows "analysis:<name>:<outcome>" (names are TOML strings; the outcome has no ":")
+ANALYSIS_COUNTER = "analysis:"
+# how many health check rows to keep (the monitor writes one every interval)
+HEALTH_CHECKS_KEPT = 2000
+# the live-transition filter as literals: the partial index events_live serves only a
+# query whose WHERE repeats these terms word for word (a bound parameter never matches)
+LIVE_WHERE = (f"action IN ({', '.join(repr(a) for a in LIVE_ACTIONS)})"
+              f" AND outcome IN ({', '.join(repr(o) for o in LIVE_OUTCOMES)})")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,8 +76,10 @@ DROP TRIGGER IF EXISTS events_no_delete;
 CREATE TRIGGER IF NOT EXISTS events_no_delete_above_compaction BEFORE DELETE ON events
 WHEN OLD.id > (SELECT COALESCE(MAX(through_event_id), 0) FROM compactions)
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE INDEX IF NOT EXISTS releases_unpublished ON releases(id)
-    WHERE status = 'good' AND published_at IS NULL;
+-- the planner preferred releases_status over this partial index (a scan of every good
+-- release): replaced by releases_status_published, which it does choose
+DROP INDEX IF EXISTS releases_unpublished;
+CREATE INDEX IF NOT EXISTS releases_status_published ON releases(status, published_at);
 CREATE INDEX IF NOT EXISTS releases_status ON releases(status, id);
 CREATE TABLE IF NOT EXISTS health_checks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,15 +95,19 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- how far statefile.sync has compared journal.jsonl with state.db, so it reads only
+-- the lines after: the byte offset, a hash of the bytes just before it (the same
+-- file, not a rotated or cut one) and the newest state.db event the journal held there
+CREATE TABLE IF NOT EXISTS journal_mark (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    byte_offset INTEGER NOT NULL,
+    before_sha256 TEXT NOT NULL,
+    event_id INTEGER
+);
 """
+# newest-first walks of the live transitions read this index in id order and stop early
+SCHEMA += f"CREATE INDEX IF NOT EXISTS events_live ON events(id) WHERE {LIVE_WHERE};\n"
 
-# events that change which release is live
-LIVE_ACTIONS = ("init", "publish", "rollback", "auto-revert")
-LIVE_OUTCOMES = ("published", "ok", "recovered")
-# counters rows "analysis:<name>:<outcome>" (names are TOML strings; the outcome has no ":")
-ANALYSIS_COUNTER = "analysis:"
-# how many health check rows to keep (the monitor writes one every interval)
-HEALTH_CHECKS_KEPT = 2000
 
 
 def open_readonly(path: Path, timeout_s: float = 2.0) -> sqlite3.Connection:

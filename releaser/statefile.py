@@ -18,7 +18,9 @@ Invariants:
   the error names the holder when /proc shows it;
 - state.db and the journal are brought back in step under the store lock
   (`sync`): journal lines written degraded are imported once, events state.db
-  committed but the journal missed (a crash between the two) are appended.
+  committed but the journal missed (a crash between the two) are appended;
+  sync reads only the journal lines after state.db's journal_mark, so its cost
+  does not grow with the journal.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ BUSY_TIMEOUT_S = 2.0
 # rollback and auto-revert: go on without state.db after this long
 ROLLBACK_BUSY_S = 0.3
 REPAIR_HINT = "run `releaser fsck --repair`"
+# sync moves state.db's journal_mark on once it has read this much journal past it
+MARK_EVERY = 32 * 1024
 
 
 class StateUnusable(StoreIOError):
@@ -243,18 +247,40 @@ def _uid(row: dict[str, Any]) -> str:
 
 
 def _events_after_journal(conn: sqlite3.Connection, journal: Journal) -> list[dict[str, Any]]:
-    last = next((e for e in reversed(journal.tail()) if e.get("t") == "event"), None)
-    if last is None:
+    """state.db's events after the newest one the journal holds.
+
+    Reads only the journal lines after state.db's journal_mark (at most MARK_EVERY
+    bytes plus what the last command appended), whatever the journal's size; with no
+    usable mark (a new or rebuilt state.db, a rotated or cut journal) its tail."""
+    mark = conn.execute("SELECT byte_offset, before_sha256, event_id FROM journal_mark"
+                        " WHERE id = 1").fetchone()
+    after = journal.read_after(mark[0], mark[1]) if mark is not None else None
+    if after is None:
+        entries, end, end_sha = journal.tail_marked()
+        marked_id = None
+    else:
+        entries, end, end_sha = after
+        marked_id = mark[2]
+    last = next((e for e in reversed(entries) if e.get("t") == "event"), None)
+    event_id = _event_id(conn, str(last["uid"])) if last is not None else marked_id
+    if event_id is None:
+        # no event to go by, or the journal is ahead (degraded lines): imported above,
+        # or fsck's job
         return []
-    uid = str(last["uid"])
+    if after is None or end - mark[0] >= MARK_EVERY:
+        conn.execute("INSERT OR REPLACE INTO journal_mark (id, byte_offset, before_sha256,"
+                     " event_id) VALUES (1, ?, ?, ?)", (end, end_sha, event_id))
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM events WHERE id > ? ORDER BY id", (event_id,)).fetchall()]
+
+
+def _event_id(conn: sqlite3.Connection, uid: str) -> int | None:
+    """state.db's id of the event the journal calls uid (None: not in state.db)."""
     row = conn.execute("SELECT id FROM events WHERE uid=?", (uid,)).fetchone()
     if row is None and uid.startswith("db-") and uid[3:].isdigit():
         row = conn.execute("SELECT id FROM events WHERE id=? AND uid IS NULL",
                            (int(uid[3:]),)).fetchone()
-    if row is None:
-        return []  # the journal is ahead (degraded lines): imported above, or fsck's job
-    return [dict(r) for r in conn.execute(
-        "SELECT * FROM events WHERE id > ? ORDER BY id", (row[0],)).fetchall()]
+    return row[0] if row is not None else None
 
 
 def _release_snapshot(conn: sqlite3.Connection, rid: int) -> dict[str, Any]:

@@ -93,3 +93,55 @@ def test_manifest_written_whole_and_read_back(tmp_path: Path) -> None:
     path.write_text('{"format": "releaser-manifest/1", "release_id": 5}')
     found, problems = manifest.scan([tmp_path])
     assert found == {} and problems and "release-4.json" in problems[0]
+
+
+def _mark(state_path: Path) -> tuple | None:
+    conn = sqlite3.connect(state_path)
+    try:
+        return conn.execute("SELECT byte_offset, event_id FROM journal_mark").fetchone()
+    finally:
+        conn.close()
+
+
+def test_sync_reads_from_its_mark_and_still_finds_what_the_journal_missed(
+        tmp_path: Path) -> None:
+    from releaser import statefile
+    from releaser.state import StateDB
+    from releaser.store import Store
+
+    store = Store(tmp_path / "store", tmp_path / "live.db")
+    store.root.mkdir()
+    journal = Journal(store.root)
+    state = StateDB(store.state_path, journal=journal)
+    for _ in range(300):  # about 60 KB of journal: past MARK_EVERY
+        state.add_event("reject", actor="t", outcome="rejected", reason="x" * 120)
+    assert statefile.sync(state, store) == []
+    offset, event_id = _mark(store.state_path)
+    assert offset == journal.path.stat().st_size and event_id == 300
+
+    def missed_by_the_journal(n: int) -> None:  # a crash between commit and append
+        state.journal = None
+        for _ in range(n):
+            state.add_event("publish", actor="t", outcome="published")
+        state.journal = journal
+
+    missed_by_the_journal(2)
+    notes = statefile.sync(state, store)
+    assert notes == ["journalled 2 event(s) state.db had but the journal missed"]
+    assert [e["id"] for e in journal.tail()[-2:]] == [301, 302]
+    # the mark moves on only every MARK_EVERY bytes: it still reads from 300
+    assert _mark(store.state_path) == (offset, 300)
+    assert statefile.sync(state, store) == []
+
+    # a journal replaced under the mark (rotated, or cut by fsck): the hash before the
+    # offset no longer matches, so sync goes back to the tail and marks the new file
+    raw = journal.path.read_bytes()
+    journal.path.write_bytes(raw[:1000] + b"\n" + raw[raw.index(b"\n", 2000) + 1:])
+    missed_by_the_journal(1)
+    assert statefile.sync(state, store) == [
+        "journalled 1 event(s) state.db had but the journal missed"]
+    assert journal.tail()[-1]["id"] == 303
+    # marked where the new file ended before the append (302: its newest event then)
+    assert _mark(store.state_path)[1] == 302
+    assert statefile.sync(state, store) == []
+    state.close()
