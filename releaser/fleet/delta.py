@@ -1,44 +1,43 @@
-"""Delta transfer: a zstd long-range patch (`--patch-from`) from an earlier release.
+"""Delta transfer: segmented zstd long-range patches (`--patch-from`) from earlier releases.
 
 Push side (make_deltas): for each of the last K distinct releases of the channel (the
-pointer chain), fetch the base through the verified full download, run
-`zstd --patch-from=BASE --long=W` on the new snapshot, and upload the patch create-only
-at deltas/BASE-NEW.zst when it is smaller than half the full compressed file. The
-signed manifest lists each kept patch (base sha256, key, sha256, size, window_log).
+pointer chain), fetch the base through the verified full download, make a segmented
+patch of the new snapshot against it (segments.py: one `zstd --patch-from` frame per
+64 MiB of the new file, against the same region of the base), and upload it create-only
+at deltas/BASE-NEW.zst when it is smaller than half the full compressed file. The signed
+manifest lists each kept patch: base sha256, key, sha256, size, and its segments (each
+with the sha256 of the bytes it rebuilds).
 
 Agent side (fetch): a host holding the base (any slot or archive file whose recorded
 sha256 is the base's) downloads the patch into the download folder while hashing,
 checks its sha256 and size against the signed manifest BEFORE zstd reads it, rebuilds
-the release through `zstd -d --patch-from` into a temporary file while hashing the
-output, and returns it only when its sha256 and size are the manifest's. Any failure
-(missing base, bad patch, zstd error, timeout) returns None: the caller falls back to
-the full file. The base is never written (zstd only reads it).
+the release segment by segment into a temporary file (each segment checked against its
+sha256 as it is written) and returns it only when the whole file's sha256 and size are
+the manifest's. Any failure (missing base, bad patch, a plan over the memory bounds,
+zstd error, timeout) returns None: the caller falls back to the full file. The base is
+never written (it is only read).
 
-Why the zstd CLI (Debian `zstd`, a local binary, never anything from the bucket) and not
-python-zstandard: python-zstandard copies a raw-content dictionary into its own buffer
-(measured: ZstdCompressionDict over an mmap of a 300 MB base -> RSS 584 MB), so a 1 GB
-base would sit in memory twice; the CLI mmaps the base for --patch-from (file pages,
-shared and reclaimable) and adds its window. Measured on a 991 MB base (1 % of rows
-updated, --long=31): make 2.9 GB peak RSS, apply 1.9 GB (about 1 GB of it the mmapped
-base); bench/fleet_bench.py prints these for the window the code now picks. Each zstd
-run has a time limit proportional to the size.
+Memory is bounded by segments.py's segment and region sizes, not by the file: measured on
+the 968 MB bench rebuild, 270 MiB peak RSS making and 194 MiB applying, where one
+whole-file `zstd --patch-from --long=31` took 2.95 GB and 1.94 GB (bookworm's zstd 1.5.4
+reads the whole base into memory and has no --mmap-dict; python-zstandard copies a
+raw-content dictionary too: a 300 MB base gave 584 MB RSS). bench/fleet_bench.py prints
+these figures beside their floor.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import shutil
-import subprocess
 import tempfile
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import segments
 from .bucket import READ_CHUNK, Bucket
 from .errors import BucketError, Conflict, Refused, ReleaserError
 
@@ -49,10 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("releaser.fleet.delta")
 
-LEVEL = 3  # measured: -3 --long gives 0.26 % of raw for a 1 % update; higher levels gain little
-MAX_WINDOW_LOG = 31  # zstd's limit on 64-bit; also caps decoder memory at 2 GiB
-MIN_WINDOW_LOG = 20
-
 
 @dataclass(frozen=True)
 class Delta:
@@ -60,23 +55,26 @@ class Delta:
     file: str
     sha256: str
     size: int
-    window_log: int
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"base_sha256": self.base_sha256, "file": self.file, "sha256": self.sha256,
-                "size": self.size, "window_log": self.window_log}
+                "size": self.size, "segments": self.segments}
 
     @classmethod
     def parse(cls, data: Any, target_sha256: str, what: str) -> Delta:
+        """The entry's fields and key; its segments are checked against the base held
+        (segments.parse) when it is used."""
         from . import layout
 
         try:
             d = cls(**{k: data[k] for k in cls.__dataclass_fields__})
         except (TypeError, KeyError):
-            raise Refused(f"{what}: malformed delta entry") from None
-        ints = (d.size, d.window_log)
-        if (any(not isinstance(v, int) or isinstance(v, bool) for v in ints)
-                or not isinstance(d.sha256, str) or not isinstance(d.file, str)):
+            raise Refused(f"{what}: malformed delta entry (an agent of this version "
+                          "reads only segmented patches)") from None
+        if (not isinstance(d.size, int) or isinstance(d.size, bool)
+                or not isinstance(d.sha256, str) or not isinstance(d.file, str)
+                or not isinstance(d.segments, list)):
             raise Refused(f"{what}: delta entry fields of the wrong type")
         try:
             expected = layout.delta_file(d.base_sha256, target_sha256)
@@ -84,23 +82,11 @@ class Delta:
             raise Refused(f"{what}: delta base is not a sha256") from None
         if d.file != expected:
             raise Refused(f"{what}: delta file {d.file!r} is not where it belongs")
-        if not MIN_WINDOW_LOG <= d.window_log <= MAX_WINDOW_LOG:
-            raise Refused(f"{what}: delta window_log {d.window_log} out of range")
         return d
 
 
 def zstd_binary() -> str | None:
     return shutil.which("zstd")
-
-
-def window_log(*sizes: int) -> int:
-    """The smallest window covering base and target (zstd needs it on both sides)."""
-    need = max(1, *sizes)
-    return max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, math.ceil(math.log2(need))))
-
-
-def _time_limit(size: int) -> float:
-    return 120.0 + size / 5e6  # generous: 5 MB/s, on a shared 2-core machine
 
 
 # -- push side ---------------------------------------------------------------
@@ -154,15 +140,8 @@ def make_deltas(bucket: Bucket, new: Path, new_sha256: str, new_size: int,
                 bucket, base.file, folder, sha256=base.sha256, size=base.size,
                 compressed_sha256=base.compressed_sha256,
                 compressed_size=base.compressed_size)
-            wlog = window_log(base.size, new_size)
-            argv = [binary, "-q", "-f", f"-{LEVEL}", f"--long={wlog}",
-                    f"--patch-from={base_path}", str(new), "-o", str(patch)]
-            proc = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=_time_limit(new_size + base.size))
-            if proc.returncode != 0:
-                notes.append(f"no delta from {base.sha256[:12]}: zstd exit "
-                             f"{proc.returncode}: {proc.stderr.strip()[-200:]}")
-                continue
+            with open(patch, "wb") as fh:
+                segs = segments.make(binary, base_path, new, fh, folder)
             size = patch.stat().st_size
             if size * 2 >= full_compressed_size:
                 notes.append(f"no delta from {base.sha256[:12]}: {size} bytes is not under "
@@ -172,9 +151,15 @@ def make_deltas(bucket: Bucket, new: Path, new_sha256: str, new_size: int,
             try:
                 bucket.upload_stream(key, _chunks(patch), content_type="application/zstd")
             except Conflict:
-                pass  # an earlier push made it; the manifest's hash decides below
-            deltas.append(Delta(base.sha256, key, digest, size, wlog))
-        except (ReleaserError, OSError, subprocess.TimeoutExpired) as exc:
+                # an earlier push made it: the same bytes (zstd is deterministic) unless
+                # another version of releaser or zstd wrote it; never list a mismatch
+                if _object_sha256(bucket, key, size) != digest:
+                    notes.append(f"no delta from {base.sha256[:12]}: {key} already holds "
+                                 "other bytes (made by another releaser or zstd version)")
+                    continue
+            deltas.append(Delta(base.sha256, key, digest, size,
+                                [s.as_dict() for s in segs]))
+        except (ReleaserError, OSError, segments.SegmentError) as exc:
             notes.append(f"no delta from {base.sha256[:12]}: {getattr(exc, 'message', exc)}")
         finally:
             if base_path is not None:
@@ -187,6 +172,21 @@ def _chunks(path: Path):  # noqa: ANN202 - Iterator[bytes]
     with open(path, "rb") as fh:
         while chunk := fh.read(READ_CHUNK):
             yield chunk
+
+
+def _object_sha256(bucket: Bucket, key: str, size: int) -> str | None:
+    digest = hashlib.sha256()
+
+    class _Sink:
+        def write(self, data: bytes) -> int:
+            digest.update(data)
+            return len(data)
+
+    try:
+        got = bucket.download(key, _Sink(), max_bytes=size)  # type: ignore[arg-type]
+    except BucketError:
+        return None
+    return digest.hexdigest() if got == size else None
 
 
 def _sha256_file(path: Path) -> str:
@@ -232,7 +232,7 @@ def fetch(config: Config, bucket: Bucket, manifest: Manifest, folder: Path, *,
             continue
         try:
             return _rebuild(binary, bucket, d, base, manifest, folder, on_bytes)
-        except (ReleaserError, OSError, subprocess.TimeoutExpired) as exc:
+        except (ReleaserError, OSError, segments.SegmentError) as exc:
             log.warning("delta from %s failed (%s); downloading the full file",
                         d.base_sha256[:12], getattr(exc, "message", exc))
             return None
@@ -241,6 +241,10 @@ def fetch(config: Config, bucket: Bucket, manifest: Manifest, folder: Path, *,
 
 def _rebuild(binary: str, bucket: Bucket, d: Delta, base: Path, manifest: Manifest,
              folder: Path, on_bytes: Callable[[int], None] | None) -> Path:
+    try:
+        segs = segments.parse(d.segments, manifest.size, d.size, base.stat().st_size)
+    except ValueError as exc:
+        raise Refused(f"{bucket.url(d.file)}: {exc}") from None
     fd, patch_tmp = tempfile.mkstemp(prefix="delta-", suffix=".zst", dir=folder)
     patch = Path(patch_tmp)
     fd_out, out_tmp = tempfile.mkstemp(prefix="download-", suffix=".db", dir=folder)
@@ -258,31 +262,14 @@ def _rebuild(binary: str, bucket: Bucket, d: Delta, base: Path, manifest: Manife
             raise Refused(f"{bucket.url(d.file)}: sha256 {digest.hexdigest()[:12]} is not "
                           f"the manifest's {d.sha256[:12]} (tampered?)")
         # only verified bytes reach zstd; the base is read, never written
-        argv = [binary, "-q", "-d", "-c", f"--long={d.window_log}",
-                f"--patch-from={base}", str(patch)]
         raw = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd_out, "wb") as dst, subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL) as proc:
-            assert proc.stdout is not None
-            timer = threading.Timer(_time_limit(manifest.size), proc.kill)
-            timer.start()
-            while block := proc.stdout.read(READ_CHUNK):
-                size += len(block)
-                if size > manifest.size:
-                    proc.kill()
-                    raise Refused(f"{bucket.url(d.file)}: rebuilds to more than the "
-                                  f"{manifest.size} bytes the manifest states")
-                raw.update(block)
-                dst.write(block)
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            code = proc.wait(timeout=_time_limit(manifest.size))
-            timer.cancel()
+        with os.fdopen(fd_out, "wb") as dst:
+            segments.apply(binary, base, patch, segs, dst, folder, on_data=raw.update,
+                           # a segment done is progress: it keeps the agent's watchdog fed
+                           on_segment=None if on_bytes is None else lambda: on_bytes(0))
             dst.flush()
             os.fsync(dst.fileno())
-        if code != 0:
-            raise Refused(f"zstd -d --patch-from exit {code}: {err.strip()[-200:]}")
+        size = out.stat().st_size
         if raw.hexdigest() != manifest.sha256 or size != manifest.size:
             raise Refused(f"{bucket.url(d.file)}: rebuilt sha256 {raw.hexdigest()[:12]} / "
                           f"{size} bytes is not the manifest's {manifest.sha256[:12]} / "

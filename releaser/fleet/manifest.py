@@ -3,7 +3,7 @@
 Fields (signed): sha256 and size of the uncompressed database, the compressed object's
 key, sha256 and size, the gate report from the build host, source path, note, builder
 host, created time, and the deltas (patches from earlier releases: base sha256, key,
-sha256, size). Written create-only at manifests/HASH.json.
+sha256, size, segments; see delta.py and segments.py). Written create-only at manifests/HASH.json.
 
 Invariant: from_signed() returns a Manifest only for a verified payload whose digest is
 the one the pointer names and whose fields have the right types.

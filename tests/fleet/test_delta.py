@@ -1,6 +1,6 @@
 """Delta transfer with the real SeaweedFS and real agents (`releaser agent --once`):
-a host holding the previous release downloads a zstd patch (fewer bytes than the full
-file) and rebuilds the exact release; a corrupted patch and a missing base both fall
+a host holding the previous release downloads a segmented zstd patch (fewer bytes than
+the full file) and rebuilds the exact release segment by segment; a corrupted patch and a missing base both fall
 back to the full file."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from releaser.fleet import segments
 from tests.fleet.fleetenv import Fleet
 
 pytestmark = pytest.mark.skipif(
@@ -35,8 +36,14 @@ def updated_copy(src: Path, dst: Path, pct: float, bump: int) -> Path:
     return dst
 
 
-def test_delta_applied_corrupted_and_missing_base(fleet: Fleet) -> None:
-    old = fleet.make_db("one.db", rows=6000, seed=1)
+def test_delta_applied_corrupted_and_missing_base(fleet: Fleet,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # small segments so this small file is patched in many (the push runs in-process;
+    # the agents, real processes, follow the plan in the signed manifest)
+    monkeypatch.setattr(segments, "SEGMENT", 64 << 10)
+    monkeypatch.setattr(segments, "MARGIN", 16 << 10)
+    old = updated_copy(fleet.make_db("one.db", rows=6000, seed=1),
+                       fleet.tmp / "builds" / "one-rebuilt.db", 1, 0)
     first = fleet.push(old, note="first")
     assert first["deltas"] == []  # nothing earlier in the channel
     a = fleet.host("app0")
@@ -47,6 +54,7 @@ def test_delta_applied_corrupted_and_missing_base(fleet: Fleet) -> None:
     [d] = second["deltas"]
     assert d["base_sha256"] == first["sha256"]
     assert d["size"] * 2 < second["compressed_size"]
+    assert len(d["segments"]) > 5
     a.run("agent", "--once")
     ack = fleet.acks()["app0"]
     assert ack["state"] == "applied" and ack["applied_sha256"] == second["sha256"]
