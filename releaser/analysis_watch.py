@@ -14,6 +14,8 @@ Invariants:
 - tick() never raises for Prometheus trouble and never reverts: it returns the
   failing verdict, and the monitor reverts as for failed health checks.
   Inconclusive runs are logged once per run and counted, nothing more.
+- Each tick that evaluated something (and the end of the window) is recorded in
+  ROOT/analysis/monitor.json (analysis_record.py) for `releaser status`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import analysis
+from . import analysis, analysis_record
 from .config import Config
 from .session import open_store
 
@@ -51,6 +53,18 @@ class AnalysisWatch:
         self._key: tuple[int, str] | None = None  # (release id, publish event time)
         self._run: analysis.AnalysisRun | None = None
         self._reported_inconclusive = False
+        self._since = 0.0  # the watched publish's wall-clock time
+        self._recorded: str | None = None  # the outcome last recorded
+
+    def _record(self, rid: int, verdict: analysis.Verdict, *, done: bool,
+                measured: bool) -> None:
+        assert self._run is not None
+        record = analysis_record.summarize(
+            self._run, verdict, who="monitor", release_id=rid, since=self._since,
+            until=self._since + self.cfg.watch_s, done=done)
+        if measured or record["outcome"] != self._recorded:
+            analysis_record.save(self.config.root, record)
+            self._recorded = record["outcome"]
 
     def tick_s(self) -> float:
         """How often the monitor should call tick(): the shortest interval_s."""
@@ -92,6 +106,7 @@ class AnalysisWatch:
                 return None  # published before this monitor started, window over
             self._key = (rid, at)
             self._reported_inconclusive = False
+            self._since, self._recorded = time.time() - age, None
             self._run = analysis.AnalysisRun(
                 self.cfg, analysis.context(self.config, rid),
                 start=time.monotonic() - age, on_measure=self.on_measure)
@@ -101,9 +116,11 @@ class AnalysisWatch:
             # watched long enough (monotonic: a wall-clock step changes nothing); a
             # failure inside the window whose revert was postponed still counts
             verdict = self._run.verdict()
+            self._record(rid, verdict, done=True, measured=False)
             return Failed(rid, verdict) if verdict.outcome == analysis.FAIL else None
-        self._run.step()
+        measured = self._run.step()
         verdict = self._run.verdict()
+        self._record(rid, verdict, done=False, measured=bool(measured))
         if verdict.outcome == analysis.FAIL:
             # stays failed: a revert postponed (lock busy) is tried again next tick
             return Failed(rid, verdict)

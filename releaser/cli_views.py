@@ -7,9 +7,22 @@ by releaser.output; --json prints the view's data as is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .cli_common import _settings, command_prefix, emit_json, json_option
+
+
+def _echo_analysis(records: list[dict[str, Any]]) -> None:
+    """status: one line per analysis record (analysis_record.describe)."""
+    from .analysis_record import describe
+
+    what = {"publish": "verify window", "monitor": "monitor watch", "agent": "fleet bake"}
+    for r in records:
+        note = "" if r.get("live") else " (not live)"
+        click.echo(f"analysis:  {what.get(r.get('who'), r.get('who'))} of release "
+                   f"{r.get('release_id')}{note}: {describe(r)}")
 
 
 @click.command()
@@ -66,6 +79,7 @@ def status(as_json: bool) -> None:
             click.echo(f"  {reason}")
     else:
         click.echo("last check: never")
+    _echo_analysis(doc.get("analysis") or [])
     if doc["lock"]:
         lk = doc["lock"]
         click.echo(f"lock:      held by pid {lk['pid']} ({lk['command']}) since {lk['since']}")

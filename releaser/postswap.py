@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,16 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
             on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
     if not verify.enabled(config.verify) and run is None:
         return
+    started = time.time()
     with phase("verify window"):
         report = verify.run_window(config.verify, env, wait=wait, analysis_run=run,
                                    strict=strict)
+    if run is not None and report.analysis is not None:  # what `releaser status` shows
+        from . import analysis_record
+
+        analysis_record.save(config.root, analysis_record.summarize(
+            run, report.analysis, who="publish", release_id=rid, since=started,
+            until=time.time(), done=True))
     result.verification = report
     result.warnings += report.warnings
     if report.ok:

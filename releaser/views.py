@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import gates, health, readers, statefile
+from . import analysis_record, gates, health, readers, statefile
 from .config import Config
 from .errors import GateFailed, UsageError
 from .preflight import check_source_path, hot_journal
@@ -121,6 +121,10 @@ def _status(ctx: Context, config: Config) -> dict[str, Any]:
         # True: other users' processes could not be inspected (no CAP_DAC_READ_SEARCH and
         # CAP_SYS_PTRACE), so stale_readers lists only this user's: the count is unknown
         "stale_readers_unknown": not scan.complete,
+        # what the publish's verify window, the monitor's watch and a fleet agent's bake
+        # found (analysis_record.py), newest first; live: about the live release
+        "analysis": [{**r, "live": r.get("release_id") == live_id}
+                     for r in analysis_record.load_all(config.root)],
     }
 
 

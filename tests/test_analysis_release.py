@@ -99,6 +99,13 @@ def test_error_rate_rising_in_the_verify_window_swaps_back(
     assert f"observed {m['value']:g}" in event["reason"]
     text = store.cli("history").stdout
     assert "analysis error_rate failed: observed" in text
+    # status: what the window found, about a release no longer live
+    [record] = store.status()["analysis"]
+    assert (record["who"], record["outcome"], record["release_id"], record["live"]) == (
+        "publish", "fail", 2, False)
+    assert record["entries"][0]["last"]["threshold"] == "<= 0.05"
+    assert ("analysis:  verify window of release 2 (not live): failed: analysis error_rate "
+            "failed: observed") in store.cli("status").stdout
 
 
 def test_error_rate_rising_20_s_after_publish_is_reverted_by_the_monitor(
@@ -123,7 +130,13 @@ def test_error_rate_rising_20_s_after_publish_is_reverted_by_the_monitor(
             wait_for("monitor analysis passes",
                      lambda: mon.metrics().get(passes, 0) >= by_publish + 5, timeout=18,
                      proc=mon)
-            assert store.status()["live"]["release_id"] == 2
+            doc = store.status()
+            assert doc["live"]["release_id"] == 2
+            watch = next(r for r in doc["analysis"] if r["who"] == "monitor")
+            assert (watch["outcome"], watch["release_id"], watch["live"]) == ("running", 2,
+                                                                           True)
+            assert "monitor watch of release 2: watching until " in store.cli(
+                "status").stdout
 
             def reverted() -> dict | None:
                 return next((e for e in store.history() if e["action"] == "auto-revert"),
@@ -143,6 +156,9 @@ def test_error_rate_rising_20_s_after_publish_is_reverted_by_the_monitor(
     assert metrics.get(
         'releaser_analysis_evaluations_total{analysis="error_rate",outcome="fail"}', 0) >= 1
     assert "auto-revert" in store.cli("history").stdout
+    watch = next(r for r in store.status()["analysis"] if r["who"] == "monitor")
+    assert (watch["outcome"], watch["release_id"], watch["live"]) == ("fail", 2, False)
+    assert watch["reasons"] == [event["reason"]]
 
 
 def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
