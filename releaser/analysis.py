@@ -22,9 +22,9 @@ Invariants:
 
 Used by verify.run_window (publish's window, with an AnalysisRun), by
 analysis_watch (the monitor), by `releaser analyze` (evaluate_all) and, as a
-fleet wave's promotion condition, through run_window(config.analysis,
-context(config, release_id, channel=...), window_s): "pass" promotes, "fail"
-halts (roll back), "inconclusive" pauses the rollout.
+fleet wave's promotion condition, by fleet/bake.py (an AnalysisRun stepped on
+each agent poll): "pass" promotes, "fail" halts (roll back), "inconclusive"
+pauses the rollout. analysis_record.py turns a run into what status shows.
 """
 
 from __future__ import annotations

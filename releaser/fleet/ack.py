@@ -3,11 +3,15 @@
 AgentState, in ROOT/fleet/agent.json (new file, fsync, rename): the highest seq and
 pointer digest this host accepted (a lower seq is a replay, refused even after a
 restart), the pointer ETag for conditional GETs, the pointer it finished with (so it
-does not redo a rejected or reverted release every poll), and byte counters.
+does not redo a rejected or reverted release every poll), byte counters, and since when
+(UTC, this host's clock) it has been live on which release (healthy_since: kept across
+restarts, so a restart does not restart this host's part of a bake).
 
 Ack, at status/CHANNEL/HOST_ID.json: host_id, state (applied | rejected | applying |
 reverted | waiting (for its wave, rollout.py)), the pointer seq/digest and release it is about, the release live here and the
-seq that brought it, reasons, last_seen, bytes downloaded (attempt and total).
+seq that brought it, reasons, last_seen, bytes downloaded (attempt and total),
+healthy_since (applied and live on the target since, UTC ISO; None otherwise) and
+analysis (the record of the host's bake analysis, analysis_record.py; None: none runs).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class AgentState:
     finished: str | None = None  # pointer digest fully handled (any outcome)
     applied_seq: int = 0
     downloaded_total: int = 0
+    healthy_sha: str | None = None  # the release live here since healthy_at
+    healthy_at: float | None = None  # time.time() when it went live (or was first acked)
     last: dict[str, Any] = field(default_factory=dict)  # the last Ack
 
     @classmethod
@@ -76,6 +82,8 @@ class Ack:
     last_seen: str
     bytes_downloaded: int = 0
     bytes_downloaded_total: int = 0
+    healthy_since: str | None = None
+    analysis: dict[str, Any] | None = None
     version: int = 1
 
     def __post_init__(self) -> None:

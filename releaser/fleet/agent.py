@@ -10,7 +10,9 @@ below the highest accepted, persisted in ROOT/fleet/agent.json) and expiry -> ap
                                download_dir while hashing -> `releaser publish`'s own pipeline
 -> write status/CHANNEL/HOST_ID.json (the ack).
 A pointer with a wave plan goes through rollout.step() every poll instead (it gates on
-the earlier waves' acks, then calls apply(); or sends the host back on an abort).
+the earlier waves' acks, then calls apply(); or sends the host back on an abort), and,
+with [[analysis.prometheus]] configured, bake.py analyses the release once it is live
+here (polls then come as often as its queries are due).
 
 Invariants:
 - The live release changes only through publish/rollback (the store lock, gates on the
@@ -36,7 +38,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
+from ..analysis_record import iso
 from ..errors import EXIT_GATE, EXIT_IO, EXIT_OK, LockBusy, ReleaserError
+from . import bake as bakes
 from . import delta, layout, local, rollout, settings, transfer
 from .ack import Ack, AgentState
 from .agentmetrics import AgentMetrics
@@ -87,6 +91,7 @@ class Agent:
         self.current: Pointer | None = None  # the last verified channel pointer
         self._current_digest = ""
         self._last_ack_at = 0.0
+        self.bake: bakes.Bake | None = None  # the analysis of a rollout's release here
         self.deadline = time.monotonic() + 3600  # watchdog: pings while before this
 
     # -- one poll ------------------------------------------------------------
@@ -267,15 +272,29 @@ class Agent:
                     exc.message)
         return None
 
+    def healthy_at(self, target: str) -> float:
+        """Since when (time.time()) `target` has been live here; persisted, so a
+        restarted agent keeps it (judge() measures bakes from it)."""
+        if self.state.healthy_sha != target or self.state.healthy_at is None:
+            self.state.healthy_sha, self.state.healthy_at = target, time.time()
+            self._save()
+        return self.state.healthy_at
+
     def _ack(self, state: str, pointer: Pointer | None, reasons: list[str], *,
              target: str | None, digest: str | None = None, downloaded: int = 0,
              seq: int | None = None) -> Ack:
+        live = local.live_sha256(self.config)
+        if live != self.state.healthy_sha:
+            self.state.healthy_sha = self.state.healthy_at = None
+        since = (iso(self.healthy_at(target)) if state == "applied" and target is not None
+                 and live == target else None)
         ack = Ack(host_id=self.host_id, channel=self.channel, state=state,
                   seq=pointer.seq if pointer else seq, pointer=digest, target_sha256=target,
-                  applied_sha256=local.live_sha256(self.config),
+                  applied_sha256=live,
                   applied_seq=self.state.applied_seq, reasons=reasons, last_seen=_now(),
                   bytes_downloaded=downloaded,
-                  bytes_downloaded_total=self.state.downloaded_total)
+                  bytes_downloaded_total=self.state.downloaded_total,
+                  healthy_since=since, analysis=bakes.record_for(self, target))
         self.state.last = asdict(ack)
         self._save()
         try:
@@ -320,6 +339,8 @@ class Agent:
                     return EXIT_IO
                 return EXIT_OK if self.state.last.get("state") == "applied" else EXIT_GATE
             wait = self.fleet.poll_s * random.uniform(0.8, 1.2)
+            if self.bake is not None:  # a bake analysis: poll when its queries are due
+                wait = min(wait, max(0.05, self.bake.next_due_in()))
             self.arm(wait + 120)
             stop.wait(wait)
         return EXIT_OK

@@ -5,9 +5,14 @@
   releaser_agent_poll_errors_total     polls or applies that failed for a transient reason
   releaser_agent_pointer_expired       1 while the channel pointer is past `expires`
                                        (alert: nobody re-signed it, or the bucket froze)
+  releaser_agent_analysis_evaluations_total{analysis,outcome}
+                                       bake analysis evaluations (fleet/bake.py) by
+                                       outcome: pass, fail, inconclusive, error
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -27,6 +32,13 @@ class AgentMetrics:
         self.pointer_expired = Gauge("releaser_agent_pointer_expired",
                                      "1 while the channel pointer is past its expiry",
                                      registry=self.registry)
+        self.analysis = Counter("releaser_agent_analysis_evaluations",
+                                "Bake analysis evaluations by query and outcome",
+                                ["analysis", "outcome"], registry=self.registry)
+
+    def count_analysis(self, m: Any) -> None:
+        """on_measure of the bake's AnalysisRun (an analysis.Measurement)."""
+        self.analysis.labels(m.name, m.outcome).inc()
 
     def serve(self, listen: str) -> str | None:
         """Start the HTTP endpoint; its URL, or None when listen is empty."""

@@ -212,10 +212,15 @@ def status(channel: str | None, as_json: bool) -> None:
         click.echo(f"rollout: {r['state']}, {r['open_waves']} of {len(r['waves'])} waves "
                    f"open, bake {r['bake_s']:g} s, {len(r['failed'])} of max "
                    f"{r['max_failures']} failures"
+                   + (f", next wave at {r['bake_until']}" if r.get("bake_until") else "")
                    + (f": {'; '.join(r['reasons'])}" if r["reasons"] else ""))
     for h in result["hosts"]:
         applied = (h.get("applied_sha256") or "-")[:12]
         reasons = f"  {'; '.join(h.get('reasons') or [])}" if h.get("reasons") else ""
+        if isinstance(h.get("analysis"), dict):  # its bake analysis (fleet/bake.py)
+            from ..analysis_record import describe
+
+            reasons += f"  analysis {describe(h['analysis'])}"
         click.echo(f"  {h.get('host_id', '?'):<20} {h.get('state', '?'):<9} "
                    f"seq {h.get('applied_seq', '-')!s:<4} {applied:<12} "
                    f"{h.get('bytes_downloaded_total', 0):>12} B  {h.get('last_seen')}{reasons}")

@@ -5,6 +5,11 @@ plan changed (paused, or promoted = the next wave), through channel.move (compar
 swap): agents only ever act on signed state, and the pointer history records who
 paused or promoted when. `fleet rollback` needs nothing here: its pointer has no plan,
 so every host takes it at once, skipping every wave and bake.
+
+A rollout paused by an inconclusive bake analysis (judge() derives it from the acks) is
+resumed the same way: `fleet resume` adds the hosts whose analysis was inconclusive to
+plan.accepted (signed, so the history says who accepted it), and judge() no longer
+pauses on their result.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def control(config: Config, *, channel: str | None, action: str, actor: str,
     if action == "pause":
         new = dataclasses.replace(plan, paused=True)
     elif action == "resume":
-        new = dataclasses.replace(plan, paused=False)
+        new = dataclasses.replace(plan, paused=False,
+                                  accepted=sorted(set(plan.accepted) | set(j.inconclusive)))
     else:
         # the next wave not yet promoted starts without waiting for its bake
         if plan.promoted >= len(plan.waves) - 1:
@@ -60,5 +66,6 @@ def control(config: Config, *, channel: str | None, action: str, actor: str,
 
     pointer, digest = channels.move(bucket, name, key, trusted, start, make)
     return {"outcome": action, "channel": name, "seq": pointer.seq, "pointer": digest,
+            "accepted": [h for h in new.accepted if h not in plan.accepted],
             "sha256": pointer.release_sha256, "plan": pointer.plan,
             "open_waves": new.promoted + 1 if action == "promote-wave" else j.open_waves}

@@ -37,6 +37,13 @@ def live_sha256(config: Config) -> str | None:
         return rel.sha256 if rel is not None else None
 
 
+def live_release_id(config: Config) -> int | None:
+    from ..session import open_store
+
+    with open_store(config) as ctx:
+        return ctx.store.live_release_id()
+
+
 def held(config: Config, sha256: str) -> Held | None:
     """The newest local release with this content, if the store has one."""
     from ..session import open_store
@@ -62,3 +69,15 @@ def switch_to(config: Config, release_id: int, *, actor: str, reason: str) -> di
     from ..rollback import rollback
 
     return rollback(config, actor=actor, to=release_id, reason=reason, wait_s=60.0).as_dict()
+
+
+def auto_revert(config: Config, release_id: int, *, actor: str, reasons: list[str],
+                detail: dict[str, Any]) -> dict[str, Any] | None:
+    """The monitor's auto-revert of live release_id (marked bad, back to the previous
+    good one); None when no good release passes its check (live kept). Raises LockBusy
+    like it, and rollback.LiveChanged when release_id is no longer live."""
+    from ..rollback import revert_live
+
+    result = revert_live(config, actor=actor, reasons=reasons, expect_live=release_id,
+                         detail=detail, wait_s=10.0)
+    return None if result is None else result.as_dict()

@@ -14,10 +14,14 @@ step() runs each poll while the channel's pointer carries a plan:
   aborted (max_failures reached, or aborted in the plan): a host live on the rollout's
       release goes back to plan.previous (local O(1) path if held, else download);
       others stay where they are; a webhook event fleet-rollout-aborted is sent once.
-  paused: nothing new is applied.
-  this host's wave not open yet, or open but earlier waves not yet seen healthy for
-      bake_s (this agent's own monotonic clock, reset whenever one of them is not
-      healthy): ack `waiting` with why.
+  live on the release: its bake analysis (bake.py) evaluates what is due; a failure
+      sends this host back (local auto-revert, ack `reverted`).
+  paused (by `fleet pause`, or derived: a host's analysis was inconclusive): nothing
+      new is applied.
+  this host's wave not open yet: its earlier waves are not all ready, or the last of
+      them became healthy less than bake_s ago by their acks' healthy_since (judge()),
+      so an agent restarted mid-bake waits only for the rest of it: ack `waiting`
+      with why (and until when it bakes).
   otherwise: Agent.apply() (the same path as without waves).
 """
 
@@ -25,14 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
+from ..analysis_record import iso
+from ..errors import LockBusy
+from . import bake as bakes
 from . import local
 from .ack import Ack
+from .bake import bake_for
 from .errors import BucketError, ReleaserError
 from .status import acks as read_acks
-from .waves import ABORTED, Plan, judge
+from .waves import ABORTED, Judgement, Plan, judge
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -42,10 +49,10 @@ log = logging.getLogger("releaser.agent")
 
 
 class Gate:
-    """Per-agent memory across polls: since when earlier waves have looked healthy."""
+    """Per-agent memory across polls (nothing a restart must keep: the bake's start is
+    in the acks, an abort is re-derived from them)."""
 
     def __init__(self) -> None:
-        self.healthy_since: dict[tuple[int, int], float] = {}
         self.notified: set[int] = set()
         self.aborted: dict[int, list[str]] = {}  # start_seq -> reasons
         self.complete: set[int] = set()
@@ -79,29 +86,62 @@ def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
         return _aborted(agent, pointer, digest, plan, live,
                         gate.aborted[plan.start_seq], gate)
     if live == target:
+        bake = bake_for(agent, plan, target)
+        if bake is not None:
+            record = bake.tick(agent.config.root)
+            if record["outcome"] == "fail":
+                return _analysis_failed(agent, pointer, digest, record)
         if j.state == "complete":
             gate.complete.add(plan.start_seq)
         return _quiet(agent, "applied", pointer, digest, [])
     if last.get("target_sha256") == target and last.get("state") in ("rejected", "reverted"):
         return agent._report_idle([])  # refused here once: not retried every poll
     if j.state == "paused":
-        return _quiet(agent, "waiting", pointer, digest, ["rollout paused"])
+        return _quiet(agent, "waiting", pointer, digest,
+                      ["rollout paused" + (f": {'; '.join(j.reasons)}"
+                                           if j.inconclusive else "")])
     wave = plan.wave_of(agent.host_id)
     if wave >= j.open_waves:
-        gate.healthy_since.clear()  # the bake starts again once they are all healthy
-        return _quiet(agent, "waiting", pointer, digest,
-                      [f"wave {wave + 1} of {len(plan.waves)}: waiting for earlier waves"
-                       + (" and promote-wave" if plan.manual else "")])
-    if wave > 0 and wave > plan.promoted:
-        key = (plan.start_seq, wave)
-        since = gate.healthy_since.setdefault(key, time.monotonic())
-        baked = time.monotonic() - since
-        if baked < plan.bake_s:
-            return _quiet(agent, "waiting", pointer, digest,
-                          [f"wave {wave + 1} of {len(plan.waves)}: earlier waves healthy, "
-                           f"baking {plan.bake_s:g} s"])
-    gate.healthy_since.clear()
+        return _quiet(agent, "waiting", pointer, digest, [_why_waiting(plan, j, wave)])
     return agent.apply(pointer, digest)
+
+
+def _why_waiting(plan: Plan, j: Judgement, wave: int) -> str:
+    """Stable across polls (the ack is rewritten only when it changes)."""
+    where = f"wave {wave + 1} of {len(plan.waves)}"
+    if wave == j.open_waves and j.bake_until is not None:
+        return f"{where}: earlier waves healthy, baking until {iso(j.bake_until)}"
+    analysing = [h for h in j.analysing if h in plan.hosts_before(wave)]
+    if analysing and not plan.manual:
+        return f"{where}: waiting for the analysis on {', '.join(analysing)}"
+    return f"{where}: waiting for earlier waves" + (" and promote-wave" if plan.manual
+                                                   else "")
+
+
+def _analysis_failed(agent: Agent, pointer: Pointer, digest: str,
+                     record: dict[str, Any]) -> Ack | None:
+    """This host's bake analysis failed: go back as the monitor would (auto-revert)."""
+    target = pointer.release_sha256
+    reasons = list(record.get("reasons") or ["analysis failed"])
+    try:
+        result = local.auto_revert(agent.config, record["release_id"], actor=agent.actor,
+                                   reasons=reasons, detail={"analysis": record})
+    except LockBusy as exc:
+        log.warning("bake analysis failed; the revert waits for the store: %s", exc.message)
+        return None  # the record stays failed: tried again next poll
+    except ReleaserError as exc:  # LiveChanged: someone else moved live meanwhile
+        log.warning("bake analysis failed; not reverting: %s", exc.message)
+        return agent._ack("reverted", pointer, [*reasons, exc.message], target=target,
+                          digest=digest)
+    if result is None:
+        log.error("bake analysis of %s failed and no earlier good release passes its "
+                  "check: kept live", target[:12])
+        return agent._ack("reverted", pointer,
+                          [*reasons, "kept live: no earlier good release passes its check"],
+                          target=target, digest=digest)
+    log.warning("bake analysis failed: release %s -> %s (%s)", result.get("from_release_id"),
+                result.get("release_id"), "; ".join(reasons))
+    return agent._ack("reverted", pointer, reasons, target=target, digest=digest)
 
 
 def _quiet(agent: Agent, state: str, pointer: Pointer, digest: str,
@@ -109,7 +149,8 @@ def _quiet(agent: Agent, state: str, pointer: Pointer, digest: str,
     """Write the ack only when it says something new (or as the heartbeat)."""
     last = agent.state.last
     if (last.get("state") == state and last.get("reasons") == reasons
-            and last.get("pointer") == digest):
+            and last.get("pointer") == digest
+            and last.get("analysis") == bakes.record_for(agent, pointer.release_sha256)):
         return agent._report_idle([])
     return agent._ack(state, pointer, reasons, target=pointer.release_sha256,
                       digest=digest)

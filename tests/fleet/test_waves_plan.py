@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from releaser.analysis_record import iso
+from releaser.fleet import waves
 from releaser.fleet.errors import UsageError
-from releaser.fleet.waves import ABORTED, Plan, assign, judge
+from releaser.fleet.waves import ABORTED, Judgement, Plan, assign
 
 REL = "a" * 64
 
@@ -24,10 +26,21 @@ def test_assign_is_stable_cumulative_and_ends_with_everyone() -> None:
             assign(bad, hosts, [])
 
 
+NOW = 1_800_000_000.0
+
+
 def _ack(host: str, state: str, seq: int = 5, applied: str | None = REL,
-         reasons: list[str] | None = None) -> dict:
+         reasons: list[str] | None = None, since: float = NOW - 100,
+         analysis: str | None = None) -> dict:
     return {"host_id": host, "state": state, "seq": seq, "target_sha256": REL,
-            "applied_sha256": applied, "reasons": reasons or []}
+            "applied_sha256": applied, "reasons": reasons or [],
+            "healthy_since": iso(since) if state == "applied" else None,
+            "analysis": None if analysis is None else {
+                "outcome": analysis, "reasons": [f"{analysis} why"]}}
+
+
+def judge(plan: Plan, release: str, acks: list[dict], now: float = NOW) -> Judgement:
+    return waves.judge(plan, release, acks, now)
 
 
 def test_judge_opens_waves_in_order_and_aborts_on_failures() -> None:
@@ -52,3 +65,49 @@ def test_judge_opens_waves_in_order_and_aborts_on_failures() -> None:
     assert judge(manual, REL, [_ack("a", "applied")]).open_waves == 1
     assert judge(Plan(5, plan.waves, 0, 1, manual=True, promoted=1), REL,
                  [_ack("a", "applied")]).open_waves == 2
+
+
+def test_the_bake_runs_from_the_last_healthy_since_of_the_earlier_waves() -> None:
+    plan = Plan(start_seq=5, waves=[["a"], ["b", "c"], ["*"]], bake_s=10, max_failures=1)
+    j = judge(plan, REL, [_ack("a", "applied", since=NOW - 4)])
+    assert (j.open_waves, j.bake_until) == (1, NOW + 6)  # the rest of the bake, not all
+    assert judge(plan, REL, [_ack("a", "applied", since=NOW - 10)]).open_waves == 2
+    acks = [_ack("a", "applied", since=NOW - 50), _ack("b", "applied", since=NOW - 30),
+            _ack("c", "applied", since=NOW - 3)]
+    j = judge(plan, REL, acks)
+    assert (j.open_waves, j.bake_until) == (2, NOW + 7)  # c, the last one healthy
+    # a clock ahead of ours counts from now; an old agent's ack (no healthy_since) too
+    ahead = judge(plan, REL, [_ack("a", "applied", since=NOW + 60)])
+    assert ahead.bake_until == NOW + 10
+    no_since = _ack("a", "applied") | {"healthy_since": None}
+    assert judge(plan, REL, [no_since]).bake_until == NOW + 10
+    # promote-wave opens a wave without its bake
+    promoted = Plan(5, plan.waves, 10, 1, promoted=1)
+    assert judge(promoted, REL, [_ack("a", "applied", since=NOW - 1)]).open_waves == 2
+
+
+def test_analysis_holds_waves_failure_aborts_inconclusive_pauses_until_accepted() -> None:
+    plan = Plan(start_seq=5, waves=[["a"], ["b"], ["*"]], bake_s=10, max_failures=1)
+    j = judge(plan, REL, [_ack("a", "applied", analysis="running")])
+    assert (j.state, j.open_waves, j.analysing) == ("in-progress", 1, ["a"])
+    assert judge(plan, REL, [_ack("a", "applied", analysis="pass")]).open_waves == 2
+    # a failed analysis is the host's own revert: a failure toward max_failures
+    failed = _ack("a", "reverted", applied="old", reasons=["analysis error_rate failed"],
+                  analysis="fail")
+    j = judge(plan, REL, [failed])
+    assert j.state == "aborted" and j.failed == ["a"]
+    # inconclusive: paused (never aborted), naming the host and why
+    unsure = _ack("a", "applied", analysis="inconclusive")
+    j = judge(plan, REL, [unsure, _ack("b", "waiting")])
+    assert (j.state, j.open_waves, j.inconclusive) == ("paused", 0, ["a"])
+    assert j.reasons == ["a: analysis inconclusive: inconclusive why"] and j.failed == []
+    # fleet resume accepts it (plan.accepted): the waves go on
+    accepted = Plan(5, plan.waves, 10, 1, accepted=["a"])
+    assert judge(accepted, REL, [unsure]).open_waves == 2
+    assert judge(accepted, REL, [unsure]).state == "in-progress"
+    # complete only once every analysis is over
+    everyone = [_ack("a", "applied", analysis="pass"), _ack("b", "applied"),
+                _ack("z", "applied", analysis="running")]
+    assert judge(plan, REL, everyone).state == "in-progress"
+    everyone[2] = _ack("z", "applied", analysis="pass")
+    assert judge(plan, REL, everyone).state == "complete"

@@ -1,0 +1,166 @@
+"""Analysis as a wave rollout's promotion condition, and bakes that survive a restart:
+real SeaweedFS, real `releaser agent` processes, and for the error-rate case the real
+Prometheus scraping the real test app that reads each host's live release."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from releaser.analysis_record import parse_iso
+from tests.fleet.fleetenv import Fleet, Host, wait_for
+from tests.promserver import Fault, LoadGen, Stack, free_port
+
+# the share of 5xx answers of the release live on the agent's own host ({host} is the
+# agent's host_id, {release_id} its local id of the release), over 5 s
+ERROR_RATE = ('(sum(rate(http_requests_total{host="{host}",release="{release_id}",'
+              'status=~"5.."}[5s])) or vector(0)) / sum(rate(http_requests_total'
+              '{host="{host}",release="{release_id}"}[5s]))')
+
+
+def analysis_toml(address: str, query: str, *, interval_s: float,
+                  inconclusive_limit: int) -> str:
+    return (f"[analysis]\ninconclusive_limit = {inconclusive_limit}\n\n"
+            f'[[analysis.prometheus]]\nname = "error_rate"\naddress = "{address}"\n'
+            f"query = {json.dumps(query)}\nfail = {{ max = 0.05 }}\n"
+            f"interval_s = {interval_s}\ntimeout_s = 2\n")
+
+
+def _first(fleet: Fleet, hosts: list[Host]) -> dict:
+    first = fleet.push(fleet.make_db("one.db", rows=2100, seed=1), note="first")
+    for h in hosts:
+        h.start_agent()
+    fleet.wait_all(hosts, "applied", first["seq"])
+    return first
+
+
+def _push_canary(fleet: Fleet, name: str, canary: str, bake: float) -> dict:
+    return fleet.build.cli_json(
+        "fleet", "push", str(fleet.make_db(name, rows=2150, seed=2)), "--channel",
+        "staging", "--canary", canary, "--waves", "100%", "--bake", str(bake))
+
+
+def _rollout(fleet: Fleet) -> dict:
+    return fleet.fleet_json("status", "--channel", "staging")["rollout"]
+
+
+def test_a_canary_whose_error_rate_rises_halts_the_rollout(fleet: Fleet,
+                                                          prom_stack: Stack) -> None:
+    names = ["wa-canary", "wa-app1", "wa-app2"]
+    toml = analysis_toml(prom_stack.prom.url, ERROR_RATE, interval_s=1,
+                         inconclusive_limit=6)  # no data until two scrapes of the release
+    hosts = [fleet.host(n, extra=toml) for n in names]
+    canary = hosts[0]
+    vhost = prom_stack.app.add_host(canary.name, canary.live)
+    load = LoadGen(prom_stack.app, canary.name)
+    try:
+        first = _first(fleet, hosts)
+        # the new build makes the app fail every 2nd request while it is live (release 2)
+        vhost.fault = Fault(error_ratio=0.5, release_id=2)
+        second = _push_canary(fleet, "two.db", canary.name, bake=60)
+        status = wait_for("the rollout aborted",
+                          lambda: (r := _rollout(fleet))["state"] == "aborted" and r,
+                          timeout=60)
+    finally:
+        load.stop()
+    assert status["failed"] == [canary.name]
+    assert any(canary.name in r and "analysis error_rate failed: observed" in r
+               for r in status["reasons"])
+    ack = fleet.acks()[canary.name]
+    assert ack["state"] == "reverted" and ack["applied_sha256"] == first["sha256"]
+    assert ack["analysis"]["outcome"] == "fail" and ack["analysis"]["release_id"] == 2
+    [entry] = ack["analysis"]["entries"]
+    assert entry["failures"] == 1 and entry["last"]["value"] > 0.05
+    assert f'host="{canary.name}",release="2"' in entry["last"]["query"]
+    # the canary went back by itself, as the monitor would: marked bad, event recorded
+    event = canary.cli_json("history")[0]
+    assert (event["action"], event["from_release_id"], event["release_id"]) == \
+        ("auto-revert", 2, 1)
+    assert event["reason"].startswith("analysis error_rate failed: observed ")
+    assert "healthy <= 0.05" in event["reason"]
+    time.sleep(1.0)  # a few more polls: the abort holds, nobody else takes it
+    for h in hosts:
+        assert h.live_sha() == first["sha256"], h.name
+    for h in hosts[1:]:
+        assert second["sha256"] not in [r["sha256"] for r in h.releases()], h.name
+    text = fleet.build.cli("fleet", "status", "--channel", "staging").stdout
+    assert "rollout: aborted" in text and "analysis failed: analysis error_rate" in text
+    fleet.stop_all()
+
+
+def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
+        fleet: Fleet) -> None:
+    # nothing listens there: every evaluation is inconclusive
+    toml = analysis_toml(f"http://127.0.0.1:{free_port()}", "vector(0)", interval_s=0.3,
+                         inconclusive_limit=2)
+    canary = fleet.host("wi-canary", extra=toml)
+    others = [fleet.host(f"wi-app{i}") for i in (1, 2)]  # no analysis of their own
+    hosts = [canary, *others]
+    first = _first(fleet, hosts)
+    second = _push_canary(fleet, "two.db", canary.name, bake=1)
+    rollout = wait_for("the rollout paused",
+                       lambda: (r := _rollout(fleet))["state"] == "paused" and r, timeout=40)
+    assert rollout["inconclusive"] == [canary.name] and rollout["failed"] == []
+    assert "analysis inconclusive" in rollout["reasons"][0]
+    assert "did not answer" in rollout["reasons"][0]
+    fleet.wait_all(others, "waiting", second["seq"])
+    time.sleep(2.0)  # far past the 1 s bake: paused, not baking
+    assert all(h.live_sha() == first["sha256"] for h in others)
+    assert "rollout paused" in fleet.acks()[others[0].name]["reasons"][0]
+    # never a revert: the canary keeps the release
+    assert canary.live_sha() == second["sha256"]
+    assert not [e for e in canary.cli_json("history") if e["action"] == "auto-revert"]
+    ack = fleet.acks()[canary.name]
+    assert ack["state"] == "applied" and ack["analysis"]["outcome"] == "inconclusive"
+    [entry] = ack["analysis"]["entries"]
+    assert entry["inconclusive"] == 2 and ack["analysis"]["inconclusive_limit"] == 2
+    # the host's own status says so too
+    status = canary.cli_json("status")
+    [record] = [r for r in status["analysis"] if r["who"] == "agent"]
+    assert record["outcome"] == "inconclusive" and record["release_id"] == 2
+    assert "inconclusive 2 of 2" in canary.cli("status").stdout
+    text = fleet.build.cli("fleet", "status", "--channel", "staging").stdout
+    assert "rollout: paused" in text and "analysis inconclusive 2 of 2" in text
+
+    resumed = fleet.fleet_json("resume", "--channel", "staging", "--note", "prom down")
+    assert resumed["accepted"] == [canary.name]
+    fleet.wait_all(hosts, "applied", resumed["seq"])
+    assert all(h.live_sha() == second["sha256"] for h in hosts)
+    assert _rollout(fleet)["state"] == "complete"
+    fleet.stop_all()
+
+
+def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet) -> None:
+    bake = 8.0
+    canary, app = fleet.host("wr-canary"), fleet.host("wr-app")
+    _first(fleet, [canary, app])
+    second = _push_canary(fleet, "two.db", canary.name, bake=bake)
+    seen: set[str] = set()
+
+    def baking() -> str | None:
+        ack = fleet.acks()[app.name]
+        if (ack["seq"] == second["seq"] and ack["state"] == "waiting"
+                and "baking until" in ack["reasons"][0]):
+            seen.add(ack["reasons"][0])
+            return ack["reasons"][0]
+        return None
+
+    reason = wait_for("the wave baking", baking, timeout=30)
+    until = parse_iso(reason.rsplit(" ", 1)[1])
+    assert until is not None
+    canary_since = parse_iso(fleet.acks()[canary.name]["healthy_since"])
+    assert canary_since is not None and until == canary_since + bake
+    app.stop_agent()
+    # restart it halfway through the bake
+    time.sleep(max(0.0, until - bake / 2 - time.time()))
+    restarted = time.time()
+    app.start_agent()
+    ack = wait_for("the app applied", lambda: baking() is None and (
+        a := fleet.acks()[app.name])["state"] == "applied" and a, timeout=30)
+    since = parse_iso(ack["healthy_since"])
+    assert since is not None
+    # never early, and the bake went on from where it was: no second full bake
+    assert since >= until
+    assert since < restarted + bake, (since - restarted, bake)
+    assert seen == {reason}  # the same end of the bake, before and after the restart
+    fleet.stop_all()
