@@ -31,13 +31,17 @@ SYSTEM_CONFIG = Path("/etc/releaser/releaser.toml")
 @dataclass(frozen=True)
 class History:
     """[history]: keep_events 0 keeps every event; N > 0 compacts state.db after each
-    publish to the newest N events (and the release rows none of them names)."""
+    publish to the newest N events (and the release rows none of them names), and
+    rotates journal.jsonl to a checkpoint once it is over journal_max_bytes."""
 
     keep_events: int = 0
+    journal_max_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.keep_events < 0:
             raise ValueError(f"keep_events must be >= 0 (0: keep all), got {self.keep_events}")
+        if self.journal_max_bytes < 1:
+            raise ValueError(f"journal_max_bytes must be >= 1, got {self.journal_max_bytes}")
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,9 @@ def _check_journal(state: StateDB, jread: JournalRead, journal: Journal,
         return
     db_uids = {r[0] for r in state.conn.execute(
         "SELECT COALESCE(uid, 'db-' || id) FROM events")}
-    journal_events = [e for e in jread.entries if e.get("t") == "event"]
+    # the journal's record: without what [history] keep_events compacted away
+    described = rebuild.collect(jread.entries, manifests)
+    journal_events = described.events
     j_uids = {e["uid"] for e in journal_events}
     only_journal = [e for e in journal_events if e["uid"] not in db_uids]
     if only_journal:
@@ -145,7 +147,7 @@ def _check_journal(state: StateDB, jread: JournalRead, journal: Journal,
     if only_db:
         report.problems.append(f"{state.path}: {len(only_db)} event(s) the journal lacks; "
                                f"{statefile.REPAIR_HINT}")
-    view = rebuild.collect(jread.entries, manifests).releases
+    view = described.releases
     for rid in sorted(set(view) | set(rows)):
         a, b = rows.get(rid), view.get(rid)
         if a is None:

@@ -5,12 +5,16 @@ state.db is an index that can be rebuilt from this file and the manifests
 - `{"t": "release", "id": N, ...}`: an upsert of the release row fields it carries
   (the first one for an id carries every field; later ones what changed);
 - `{"t": "event", "uid": U, ...}`: one history event (publish, reject, rollback...),
-  identified by its uid (state.db rows from before the journal: "db-<id>").
+  identified by its uid (state.db rows from before the journal: "db-<id>");
+- `{"t": "compaction", ...}`: `[history] keep_events` removed old events and
+  release rows (what a rebuild drops too), and `{"t": "checkpoint", ...}`: the
+  first line of a journal rotated to a snapshot of its record (journal_compact.py).
 
 Invariants:
 - append-only: a line is added with one write() on an O_APPEND descriptor and
-  fsynced before the call returns; nothing is ever rewritten (except
-  `fsck --repair` cutting a torn tail, which is not a whole line);
+  fsynced before the call returns; nothing is ever rewritten in place (`fsck
+  --repair` dropping a torn line and a rotation both write a new file, fsync it
+  and rename it over this one);
 - a torn last line (a crash mid-write, a truncated copy) is ignored by readers
   and never glued to: an append after a torn tail starts a new line;
 - a line written while state.db could not be written carries `"degraded": true`
@@ -38,6 +42,8 @@ DEGRADED_MARKER = "journal.degraded"
 TAIL_BYTES = 256 * 1024
 # a mark (read_after) identifies the file by a hash of this many bytes before its offset
 MARK_BYTES = 256
+# release and event: the record; compaction and checkpoint: see journal_compact.py
+LINE_TYPES = ("release", "event", "compaction", "checkpoint")
 
 
 def new_uid() -> str:
@@ -195,7 +201,7 @@ def parse(raw: bytes) -> JournalRead:
         except ValueError:
             out.bad_lines.append(n)
             continue
-        if not isinstance(doc, dict) or doc.get("t") not in ("release", "event"):
+        if not isinstance(doc, dict) or doc.get("t") not in LINE_TYPES:
             out.bad_lines.append(n)
             continue
         out.entries.append(doc)

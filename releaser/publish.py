@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import analysis, gates, health, hooks, signals
+from . import analysis, gates, health, hooks, journal_compact, signals
 from .announce import announce, hook_env
 from .config import Config
 from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
+from .journal import Journal
 from .postswap import SWAPPING, check_after_swap, undo_interrupted_swap
 from .preflight import hot_journal, preflight_source, source_sidecar_warnings
 from .progress import phase
@@ -373,7 +374,8 @@ def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
 
 def compact_history(ctx: Context) -> tuple[int, int]:
     """[history] keep_events: drop the oldest events (and release rows none of the kept
-    ones names, not on disk); a cost of the rows removed, so flat per publish."""
+    ones names, not on disk); a cost of the rows removed, so flat per publish. The
+    journal is rotated to a checkpoint past journal_max_bytes (journal_compact.py)."""
     keep = ctx.config.history.keep_events
     if keep <= 0:
         return 0, 0
@@ -383,6 +385,9 @@ def compact_history(ctx: Context) -> tuple[int, int]:
     if removed != (0, 0):
         log.info("history: compacted %d events and %d release rows (keep_events = %d)",
                  *removed, keep)
+        journal = Journal(ctx.store.root)
+        if journal_compact.due(journal, ctx.config.history.journal_max_bytes):
+            journal_compact.rotate(journal)
     return removed
 
 

@@ -14,7 +14,10 @@ Invariants:
   status/published time/identity where the manifest is newer (a journal cut
   short loses nothing a manifest still says);
 - release ids are never reused: the id sequence is set above every id seen in
-  the journal, the manifests and the release files.
+  the journal, the manifests and the release files;
+- a compaction line drops what `[history] keep_events` removed from state.db, and
+  its counts (and a checkpoint's) come back as the `counters` the metrics read, so
+  a rebuild after compaction or a journal rotation has the same record and totals.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Rebuilt:
     events: list[dict[str, Any]] = field(default_factory=list)
     from_manifests: list[int] = field(default_factory=list)  # releases only a manifest knew
     placeholders: list[int] = field(default_factory=list)  # releases only events name
+    # "compacted:<action>:<outcome>" totals of the events compaction removed (counters)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 def ensure_uid_column(conn: sqlite3.Connection) -> None:
@@ -65,6 +70,10 @@ def collect(entries: list[dict[str, Any]], manifests: dict[int, dict[str, Any]],
                 continue
             seen.add(entry["uid"])
             out.events.append(entry)
+        elif entry.get("t") == "compaction":
+            _apply_compaction(out, entry)
+        elif entry.get("t") == "checkpoint" and isinstance(entry.get("counters"), dict):
+            out.counters = {str(k): int(v) for k, v in entry["counters"].items()}
     for rid, doc in manifests.items():
         row = out.releases.get(rid)
         if row is None:
@@ -100,6 +109,27 @@ def collect(entries: list[dict[str, Any]], manifests: dict[int, dict[str, Any]],
     return out
 
 
+def _apply_compaction(out: Rebuilt, entry: dict[str, Any]) -> None:
+    """Drop what a `[history] keep_events` compaction removed from state.db: the events
+    before the oldest one it kept, and the release rows below its floor not on disk."""
+    oldest = entry.get("oldest_kept_uid")
+    at = next((i for i, e in enumerate(out.events) if e["uid"] == oldest), None)
+    if at is not None:
+        del out.events[:at]
+    elif isinstance(entry.get("through_event_id"), int):  # the kept one is not journalled
+        through = entry["through_event_id"]
+        out.events = [e for e in out.events
+                      if not (isinstance(e.get("id"), int) and e["id"] <= through)]
+    floor = entry.get("release_floor")
+    if isinstance(floor, int):
+        kept = set(entry.get("kept_below_floor") or ())
+        for rid in [r for r in out.releases if r < floor and r not in kept]:
+            del out.releases[rid]
+    for name, n in (entry.get("counts") or {}).items():
+        key = f"compacted:{name}"
+        out.counters[key] = out.counters.get(key, 0) + int(n)
+
+
 def _release_values(row: dict[str, Any]) -> tuple[Any, ...]:
     report = row.get("report")
     status = row.get("status") if row.get("status") in STATUSES else "aborted"
@@ -132,6 +162,9 @@ def write_into(conn: sqlite3.Connection, rebuilt: Rebuilt, id_floor: int = 0) ->
             f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES "
             f"({','.join('?' * len(EVENT_COLUMNS))})",
             [_event_values(e) for e in rebuilt.events])
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET value = value + excluded.value", sorted(rebuilt.counters.items()))
         set_id_floor(conn, max([id_floor, *rebuilt.releases]))
         conn.execute("COMMIT")
     except BaseException:

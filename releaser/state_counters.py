@@ -24,6 +24,9 @@ class CountersMixin:
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
+    def _changed(self, entry: dict[str, Any], release_id: int | None = None) -> None:
+        raise NotImplementedError
+
     def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
         sql = "SELECT COUNT(*) FROM events WHERE action=?"
         params: tuple[Any, ...] = (action,)
@@ -47,6 +50,8 @@ class CountersMixin:
         """Remove all but the newest keep_events events, and release rows no kept event
         names that are older than every kept event's release and not on disk.
         Their counts go into `counters` first. Returns (events, releases) removed.
+        Journalled as one compaction line (rebuild.collect drops the same rows), so
+        the journal and a state.db rebuilt from it keep the same record and totals.
         Cost: the rows removed (by id), so it stays flat when run after each publish."""
         if keep_events <= 0:
             return 0, 0
@@ -56,9 +61,11 @@ class CountersMixin:
             oldest = conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
             if oldest is None or through < oldest:
                 return 0, 0
+            counts: dict[str, int] = {}
             for action, outcome, n in conn.execute(
                     "SELECT action, outcome, COUNT(*) FROM events WHERE id <= ?"
                     " GROUP BY action, outcome", (through,)).fetchall():
+                counts[f"{action}:{outcome}"] = n
                 conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
                              " DO UPDATE SET value = value + excluded.value",
                              (f"compacted:{action}:{outcome}", n))
@@ -69,6 +76,7 @@ class CountersMixin:
                 "SELECT MIN(m) FROM (SELECT MIN(release_id) AS m FROM events UNION ALL "
                 "SELECT MIN(from_release_id) FROM events)").fetchone()[0]
             releases = 0
+            keep: list[int] = []
             if floor is not None:
                 keep = sorted(r for r in on_disk if r < floor)
                 releases = conn.execute(
@@ -76,6 +84,15 @@ class CountersMixin:
                     f"({','.join('?' * len(keep)) or 'NULL'})", (floor, *keep)).rowcount
             conn.execute("UPDATE compactions SET events_removed = ?, releases_removed = ?"
                          " WHERE id = last_insert_rowid()", (events, releases))
+            oldest = conn.execute("SELECT * FROM events ORDER BY id LIMIT 1").fetchone()
+            oldest_uid = None
+            if oldest is not None:
+                oldest_uid = dict(oldest).get("uid") or f"db-{oldest['id']}"
+            self._changed({
+                "t": "compaction", "at": utcnow(), "through_event_id": through,
+                "oldest_kept_uid": oldest_uid,
+                "release_floor": floor, "kept_below_floor": keep, "counts": counts,
+                "events_removed": events, "releases_removed": releases})
         return events, releases
 
     # -- health checks ----------------------------------------------------

@@ -7,6 +7,7 @@ every event it keeps.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -75,3 +76,52 @@ def test_keep_events_must_not_be_negative(env: Env) -> None:
     env.write_config(keep_events="-1")
     res = env.cli("status", expect=2)
     assert "keep_events" in res.stderr
+
+
+def test_journal_rotates_to_a_checkpoint_and_fsck_rebuilds_from_it(store: Env) -> None:
+    """keep_events compacts state.db and journals it; past journal_max_bytes the journal
+    is rotated to a checkpoint (new file, renamed over); a lost state.db is rebuilt from
+    it with the same history, releases and metric totals."""
+    store.write_config(keep_events="4", journal_max_bytes="6000")
+    builds = [store.make_db(f"b{i}.db", seed=i) for i in range(1, 4)]
+    for i in range(6):
+        store.cli("publish", str(builds[i % 3]))
+        if i % 3 == 1:
+            store.cli("rollback")
+    journal = store.root / "journal.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert lines[0]["t"] == "checkpoint", "the journal was rotated"
+    assert lines[0]["counters"].get("compacted:publish:published", 0) > 0
+    previous = store.root / "journal.previous.jsonl"
+    assert previous.exists() and previous.stat().st_size > lines[0]["snapshot_bytes"]
+    assert not list(store.root.glob(".releaser*")), "no temp file left"
+    store.cli("fsck")  # the journal (compaction lines, checkpoint) and state.db agree
+
+    hist = store.cli_json("history", "--limit", "100")
+    rels = store.cli_json("releases", "--all")
+    totals = _totals(store)
+    assert totals["publish"] == 6 and totals["rollback"] == 2
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (store.root / name).unlink(missing_ok=True)
+    store.cli("fsck", "--repair")
+    assert [_event_view(e) for e in store.cli_json("history", "--limit", "100")] == [
+        _event_view(e) for e in hist]
+    assert [(r["release_id"], r["recorded_status"], r["sha256"]) for r in
+            store.cli_json("releases", "--all")] == [
+        (r["release_id"], r["recorded_status"], r["sha256"]) for r in rels]
+    assert _totals(store) == totals, "the metrics' totals survive the rebuild"
+    store.cli("fsck")
+    store.cli("rollback")
+
+
+def _event_view(e: dict) -> tuple:
+    return (e["at"], e["action"], e["outcome"], e["release_id"], e["from_release_id"])
+
+
+def _totals(env: Env) -> dict[str, int]:
+    state = StateDB(env.root / "state.db", readonly=True)
+    try:
+        return {"publish": state.count_events("publish", ("published",)),
+                "rollback": state.count_events("rollback", ("ok",))}
+    finally:
+        state.close()
