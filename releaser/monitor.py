@@ -13,31 +13,14 @@ readlink); a check that cannot run for a reason about the release or its files
 check of that release, recorded like any other. Any other exception is a monitor
 fault (a bug): logged CRITICAL, counted in releaser_monitor_faults_total, never
 charged to a release nor reverted, and the watchdog pings stop for good, so
-systemd restarts the monitor. After
-failures_before_revert failed checks in a row of the same live release,
-rollback.revert_live(expect_live=that release) marks it bad and swaps to the
-previous good release; if a publish or rollback replaced it meanwhile, nothing
-is reverted. It is tried at most once per bad release (remembered here and read
-back from the event log after a restart): no flapping. When nothing is live, or
-there is nothing good to go back to, the live release stays, the monitor
-reports critical and keeps checking. A revert that fails (an I/O or permission
-error: nothing was swapped) is not a settled attempt: it is recorded
-(`auto-revert`/`failed` with the reason, counted by
-releaser_auto_revert_failures_total), logged at error, and tried again on a
-later check of the same release, after 1, 2, 4... checks (at most
-RETRY_MAX_S), and at once after a restart.
+systemd restarts the monitor. After failures_before_revert failed checks in a
+row of the same live release, or a failed analysis, autorevert.py decides
+whether to revert and does it (its docstring states the rules: once per bad
+release, retried with backoff when the revert itself fails).
 
 systemd: READY=1 after the first check, STATUS= with the live release,
-STOPPING=1 on SIGTERM, and WATCHDOG=1 (every WatchdogSec/2, from a thread) only
-while checks are completing: until a deadline, set
-- when a check starts: to its time budget, query_timeout_ms for the schema
-  query and each probe (+2), integrity_timeout_ms when it runs quick_check,
-  the file size at HASH_MIN_BYTES_PER_S when it hashes, plus misfire_grace_s
-  (state.db waits, scheduling); an auto-revert re-arms it for the target's check;
-- when a check completes: to interval_s + misfire_grace_s, by when the next
-  check must have started.
-A check stuck past its own time limits, or a scheduler that stopped starting
-checks, stops the pings; systemd restarts the monitor WatchdogSec later.
+STOPPING=1 on SIGTERM; WATCHDOG=1 only while checks are completing
+(check_watchdog.py states when).
 """
 
 from __future__ import annotations
@@ -57,9 +40,10 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from . import (
     access,
     analysis_watch,
+    autorevert,
+    check_watchdog,
     health,
     notify,
-    rollback,
     sdnotify,
     session,
     statefile,
@@ -67,7 +51,7 @@ from . import (
 )
 from .config import Config
 from .db import QueryTimeout
-from .errors import LockBusy, ReleaserError
+from .errors import ReleaserError
 from .metrics import CheckStats, Metrics, MetricsServer
 from .schedule import MonotonicInterval, SteadyScheduler
 from .store import Store
@@ -80,10 +64,6 @@ ABOUT_THE_RELEASE = (sqlite3.Error, OSError, QueryTimeout, ReleaserError)
 # on SIGTERM, wait this long for an in-flight read-only check before leaving it;
 # an auto-revert in progress is always waited for (it is O(1))
 STOP_GRACE_S = 5.0
-# a failed auto-revert is retried after 1, 2, 4... checks, at most this far apart
-RETRY_MAX_S = 3600.0
-# the slowest sha256 a check's watchdog budget allows for (a slow disk)
-HASH_MIN_BYTES_PER_S = 50 * 1024 * 1024
 
 
 def _iso_to_unix(text: str | None) -> float | None:
@@ -106,19 +86,16 @@ class Monitor:
         self._n = 0  # checks started: drives the hash/integrity cadence
         self._force_hash = False
         self._force_integrity = False
-        self._tried: set[int] = set()  # releases an auto-revert was attempted from
-        # release -> (failed revert attempts, checks to let pass before the next one)
-        self._retry: dict[int, tuple[int, int]] = {}
-        self._ready_sent = False
         self._stop = threading.Event()
         self._idle = threading.Event()  # set while no check is running
         self._idle.set()
-        self._reverting = threading.Event()
-        self._faulted = False  # a monitor bug happened: the watchdog stays unfed
+        # WATCHDOG=1 only while checks complete (check_watchdog.py)
+        self.watchdog = check_watchdog.CheckWatchdog(config)
+        # the auto-revert decision; a revert re-arms the watchdog for the target's check
+        self.reverts = autorevert.AutoReverter(config, self.stats, actor=ACTOR, before_revert=(
+            lambda: self.watchdog.arm(self.watchdog.budget_s(full_hash=True, integrity=False))))
         # [analysis]: the app's metrics for watch_s after each publish (a second job)
         self.analysis = analysis_watch.AnalysisWatch(config, on_measure=self._count_analysis)
-        # WATCHDOG=1 is sent while time.monotonic() is before this (see the docstring)
-        self._deadline = time.monotonic() + self.mcfg.interval_s + self.mcfg.misfire_grace_s
 
     # -- one check ---------------------------------------------------------
 
@@ -129,15 +106,15 @@ class Monitor:
             report = self._check()
             self._record(report)
             if allow_revert and not self._stop.is_set():
-                reverted = self._after(report)
+                reverted = self.reverts.after(report)
                 if reverted:
                     # show the reverted-to release's health now, not one interval later
                     report = self._check()
                     self._record(report)
-                    self._after(report)
+                    self.reverts.after(report)
             # the next check starts within one interval (an interval trigger, coalesced)
-            self._arm_watchdog(self.mcfg.interval_s + self.mcfg.misfire_grace_s)
-            self._notify_after_check(report)
+            self.watchdog.arm(self.mcfg.interval_s + self.mcfg.misfire_grace_s)
+            self.watchdog.notify_after_check(self._status_line(report))
             return report
         except Exception as exc:  # noqa: BLE001 - a monitor bug must not stop the schedule
             self._fault(exc)
@@ -149,8 +126,7 @@ class Monitor:
         """A bug in the monitor, not a fault of the release: never charged, never reverted."""
         with self.stats.lock:
             self.stats.monitor_faults += 1
-        self._faulted = True
-        self._deadline = 0.0  # no more WATCHDOG=1: systemd restarts a faulty monitor
+        self.watchdog.fault()  # no more WATCHDOG=1: systemd restarts a faulty monitor
         log.critical("monitor fault (a bug, not the live release): %s: %s; not counted "
                      "against any release; watchdog pings stopped", type(exc).__name__, exc,
                      exc_info=log.isEnabledFor(logging.DEBUG))
@@ -160,7 +136,7 @@ class Monitor:
         self._n += 1
         full_hash = n % self.mcfg.hash_every == 0 or self._force_hash
         integrity = n % self.mcfg.integrity_every == 0 or self._force_integrity
-        self._arm_watchdog(self._budget_s(full_hash=full_hash, integrity=integrity))
+        self.watchdog.arm(self.watchdog.budget_s(full_hash=full_hash, integrity=integrity))
         log.debug("check %d started (hash=%s, integrity=%s)", n + 1, full_hash, integrity)
         # the release this check is about, known even when the check cannot run
         live_id = Store(self.config.root, self.config.live_path).live_release_id()
@@ -227,96 +203,6 @@ class Monitor:
                         self.stats.consecutive_failures, self.mcfg.failures_before_revert,
                         "; ".join(report.reasons))
 
-    def _after(self, report: health.HealthReport, *, failed_analysis: Any = None) -> bool:
-        """Decide on an auto-revert; True when the live release was changed.
-
-        failed_analysis (an analysis.Verdict): the release failed its analysis, which
-        reverts at once (its failure_limit already counted the failed evaluations)."""
-        if report.ok or (failed_analysis is None and self.stats.consecutive_failures
-                         < self.mcfg.failures_before_revert):
-            return False
-        rid = report.release_id
-        if rid is None:
-            # nothing to revert from; and revert_live would act on whatever is live
-            # by then, which these checks never saw
-            self._set_critical(report, "no release is live to revert from")
-            return False
-        if rid in self._tried or self._reverted_before(rid):
-            self._tried.add(rid)
-            self._set_critical(report, "an auto-revert was already attempted from it")
-            return False
-        if self._retry_later(rid):
-            return False
-        # the revert checks its target (probes, maybe a hash) under the lock
-        self._arm_watchdog(self._budget_s(full_hash=True, integrity=False))
-        self._reverting.set()
-        try:
-            result = rollback.revert_live(
-                self.config, actor=ACTOR, reasons=report.reasons, expect_live=rid,
-                detail={"analysis": failed_analysis.as_dict()} if failed_analysis else None)
-        except LockBusy as exc:
-            log.warning("auto-revert postponed to the next check: %s", exc.message)
-            return False
-        except rollback.LiveChanged as exc:
-            log.info("auto-revert skipped: %s", exc.message)
-            return False
-        except (ReleaserError, OSError) as exc:
-            self._revert_failed(report, rid, getattr(exc, "message", None) or str(exc))
-            return False
-        finally:
-            self._reverting.clear()
-        self._tried.add(rid)
-        self._retry.pop(rid, None)
-        if result is None:
-            self._set_critical(report, "no earlier good release passes its check")
-            return False
-        # the one log line of an auto-revert (rollback.py leaves it to the monitor)
-        log.warning("auto-revert: live release %s -> %s (%s)", result.from_release_id,
-                    result.release_id, "; ".join(report.reasons))
-        return True
-
-    def _retry_later(self, rid: int) -> bool:
-        """After a failed revert from rid: True while its backoff has checks to run."""
-        attempts, wait = self._retry.get(rid, (0, 0))
-        if wait <= 0:
-            return False
-        self._retry[rid] = (attempts, wait - 1)
-        with self.stats.lock:
-            self.stats.critical = True
-        log.warning("live release %s is unhealthy; the auto-revert failed %d time(s), next "
-                    "try in %d check(s)", rid, attempts, wait)
-        return True
-
-    def _revert_failed(self, report: health.HealthReport, rid: int, message: str) -> None:
-        """Record, count and log a revert that failed; schedule its retry (backoff)."""
-        attempts = self._retry.get(rid, (0, 0))[0] + 1
-        cap = max(1, int(RETRY_MAX_S // max(self.mcfg.interval_s, 1e-3)))
-        wait = min(2 ** (attempts - 1), cap) - 1  # checks that pass before the next try
-        self._retry[rid] = (attempts, wait)
-        with self.stats.lock:
-            self.stats.critical = True
-        recorded = rollback.record_failed_revert(self.config, actor=ACTOR, from_release_id=rid,
-                                                 reasons=report.reasons, error=message)
-        log.error("auto-revert from release %s failed (attempt %d%s; retrying %s): %s; the "
-                  "unhealthy release stays live: %s", rid, attempts,
-                  "" if recorded else ", not recorded: state.db unwritable",
-                  "on the next check" if wait == 0 else f"after {wait + 1} checks", message,
-                  "; ".join(report.reasons))
-
-    def _reverted_before(self, rid: int) -> bool:
-        """An auto-revert event from this release exists (e.g. before a restart)."""
-        try:
-            with session.open_store(self.config, degraded_ok=True) as ctx:
-                return ctx.state.auto_reverted_from(rid)
-        except Exception:  # noqa: BLE001 - unknown: let revert_live decide
-            return False
-
-    def _set_critical(self, report: health.HealthReport, why: str) -> None:
-        with self.stats.lock:
-            self.stats.critical = True
-        log.critical("live release %s is unhealthy and stays live (%s): %s",
-                     report.release_id, why, "; ".join(report.reasons))
-
     # -- analysis ----------------------------------------------------------
 
     def analysis_once(self) -> bool:
@@ -324,14 +210,13 @@ class Monitor:
         self._idle.clear()
         try:
             # a tick may hold the single worker for every query's deadline
-            self._deadline = max(self._deadline, time.monotonic() + self.analysis.budget_s()
-                                 + self.mcfg.misfire_grace_s)
+            self.watchdog.extend(self.analysis.budget_s() + self.mcfg.misfire_grace_s)
             failed = self.analysis.tick()
             if failed is None or self._stop.is_set():
                 return False
             report = health.HealthReport(ok=False, release_id=failed.release_id, path=None,
                                          reasons=failed.verdict.reasons)
-            return self._after(report, failed_analysis=failed.verdict)
+            return self.reverts.after(report, failed_analysis=failed.verdict)
         except Exception:  # noqa: BLE001 - a monitor bug must not stop the schedule
             log.exception("monitor: analysis crashed")
             return False
@@ -352,43 +237,6 @@ class Monitor:
         word = "healthy" if report.ok else ("CRITICAL" if self.stats.critical else "unhealthy")
         rid = report.release_id if report.release_id is not None else "none"
         return f"live release {rid} {word} (check {self.stats.checks_total})"
-
-    def _notify_after_check(self, report: health.HealthReport) -> None:
-        msgs = [f"STATUS={self._status_line(report)}"]
-        if self._checks_completing():
-            msgs.append("WATCHDOG=1")
-        if not self._ready_sent:
-            msgs.insert(0, "READY=1")
-            self._ready_sent = True
-        sdnotify.notify(*msgs)
-
-    def _budget_s(self, *, full_hash: bool, integrity: bool) -> float:
-        """How long a check may run: its own time limits, the hash, misfire_grace_s."""
-        g = self.config.gates
-        budget = g.query_timeout_ms / 1000.0 * (len(self.config.probes) + 2)
-        if integrity:
-            budget += g.integrity_timeout_ms / 1000.0
-        if full_hash:
-            try:
-                budget += os.stat(self.config.live_path).st_size / HASH_MIN_BYTES_PER_S
-            except OSError:
-                pass
-        return budget + self.mcfg.misfire_grace_s
-
-    def _arm_watchdog(self, seconds: float) -> None:
-        if not self._faulted:
-            self._deadline = time.monotonic() + seconds
-
-    def _checks_completing(self) -> bool:
-        return time.monotonic() < self._deadline
-
-    def _watchdog_loop(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            if self._checks_completing():
-                sdnotify.notify("WATCHDOG=1")
-            else:
-                log.error("checks stopped completing (one is past its time budget, or none "
-                          "started in time): withholding the systemd watchdog ping")
 
     # -- run ---------------------------------------------------------------
 
@@ -449,8 +297,8 @@ class Monitor:
             signal.signal(sig, self._on_signal)
         wd = sdnotify.watchdog_interval_s()
         if wd is not None:
-            threading.Thread(target=self._watchdog_loop, args=(wd,), name="releaser-watchdog",
-                             daemon=True).start()
+            threading.Thread(target=self.watchdog.loop, args=(wd, self._stop),
+                             name="releaser-watchdog", daemon=True).start()
 
         self.scheduler = SteadyScheduler(
             executors={"default": ThreadPoolExecutor(1)},
@@ -473,7 +321,7 @@ class Monitor:
     def _finish(self) -> int:
         # a revert holds the lock and swaps: always let it finish; a read-only check
         # can be abandoned after a grace period (SQLite needs no cleanup for readers)
-        while self._reverting.is_set():
+        while self.reverts.reverting.is_set():
             time.sleep(0.05)
         clean = self._idle.wait(STOP_GRACE_S)
         if self.server is not None:
