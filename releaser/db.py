@@ -30,6 +30,7 @@ HEADER_SIZE = 100
 
 
 HEAP_LIMIT_BYTES = 64 << 20
+PROGRESS_OPS = 1000
 
 _DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
 
@@ -101,7 +102,8 @@ def read_header(path: Path) -> Header | None:
 class ReadOnlyDB:
     """A read-only connection whose every statement runs under a deadline."""
 
-    def __init__(self, path: Path, timeout_ms: int, *, immutable: bool = False) -> None:
+    def __init__(self, path: Path, timeout_ms: int, *, immutable: bool = False,
+                 progress_ops: int | None = None) -> None:
         self.path = path
         self.timeout_ms = timeout_ms
         quoted = urllib.parse.quote(str(path.absolute()))
@@ -111,7 +113,8 @@ class ReadOnlyDB:
             uri += "&immutable=1"
         self._deadline = float("inf")
         self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        self.conn.set_progress_handler(self._progress, 1000)
+        # the deadline is looked at every progress_ops SQLite steps
+        self.conn.set_progress_handler(self._progress, progress_ops or PROGRESS_OPS)
         self.conn.execute("PRAGMA trusted_schema=OFF")
         self.conn.execute("PRAGMA query_only=ON")
         _cap_heap(self.conn)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import indexcheck
@@ -26,6 +27,14 @@ from .progress import phase
 # names other modules use as gates.X
 __all__ = ["ERROR", "FAIL", "PASS", "STRUCTURAL", "WARN", "GateReport", "GateResult", "p95",
            "run_check", "run_probe"]
+
+# the index check's table and index scans run on this many connections (threads)
+# beside quick_check: two cores busy on a 2-core machine, each scan largest-first
+INDEX_CHECK_CONNECTIONS = 2
+# their time limit is checked every this many SQLite steps, not every 1,000: the
+# Python callback under the GIL cost ~25% of a scan, and 100,000 steps of these
+# plain aggregates take about a millisecond
+SCAN_PROGRESS_OPS = 100_000
 
 
 # -- structural gates ------------------------------------------------------
@@ -56,18 +65,23 @@ def check_file(path: Path) -> GateResult:
     return r
 
 
+@contextmanager
+def _integrity_outcome(r: GateResult) -> Iterator[None]:
+    """An integrity pass that ran out of time could not tell (error); one that SQLite
+    could not read through found the file broken (fail). Either ends the block."""
+    try:
+        yield
+    except QueryTimeout as exc:
+        r.outcome, r.detail = ERROR, str(exc)
+    except sqlite3.DatabaseError as exc:
+        r.outcome, r.detail = FAIL, f"SQLite error: {exc}"
+
+
 def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
     pragma = "quick_check" if mode == "quick" else "integrity_check"
     r = GateResult(pragma, "integrity", PASS, threshold="ok")
-    with timed(r):
-        try:
-            rows = db.all(f"PRAGMA {pragma}(20)", timeout_ms=timeout_ms)
-        except QueryTimeout as exc:
-            r.outcome, r.detail = ERROR, str(exc)
-            return r
-        except sqlite3.DatabaseError as exc:
-            r.outcome, r.detail = FAIL, f"SQLite error: {exc}"
-            return r
+    with timed(r), _integrity_outcome(r):
+        rows = db.all(f"PRAGMA {pragma}(20)", timeout_ms=timeout_ms)
         messages = [str(row[0]) for row in rows]
         r.observed = messages[0] if len(messages) == 1 else f"{len(messages)} problems"
         if messages != ["ok"]:
@@ -75,20 +89,15 @@ def check_integrity(db: ReadOnlyDB, mode: str, timeout_ms: int) -> GateResult:
     return r
 
 
-def check_indexes(db: ReadOnlyDB, timeout_ms: int) -> GateResult:
-    """Every plain-column index against its table (indexcheck.py): quick_check's gap."""
+def check_indexes(dbs: Sequence[ReadOnlyDB], timeout_ms: int) -> GateResult:
+    """Every plain-column index against its table (indexcheck.py): quick_check's gap.
+
+    dbs: connections to the same file; the table and index scans are spread over them."""
     r = GateResult("index_check", "integrity", PASS, threshold="indexes agree with tables")
-    with timed(r):
-        try:
-            with db.deadline(timeout_ms):
-                plan = indexcheck.plan(db.conn)
-                problems = indexcheck.run(db.conn, plan)
-        except QueryTimeout as exc:
-            r.outcome, r.detail = ERROR, str(exc)
-            return r
-        except sqlite3.DatabaseError as exc:
-            r.outcome, r.detail = FAIL, f"SQLite error: {exc}"
-            return r
+    with timed(r), _integrity_outcome(r):
+        with dbs[0].deadline(timeout_ms):
+            plan = indexcheck.plan(dbs[0].conn)
+        problems = indexcheck.run(dbs, plan, timeout_ms)
         r.observed = f"{len(plan.indexes)} indexes"
         if problems:
             r.outcome, r.detail = FAIL, "; ".join(problems[:3])
@@ -164,8 +173,8 @@ def check_required_schema(db: ReadOnlyDB, required: dict[str, tuple[str, ...]]) 
 # -- pipelines -------------------------------------------------------------
 
 
-def open_candidate(path: Path, config: Config) -> ReadOnlyDB:
-    return ReadOnlyDB(path, config.gates.query_timeout_ms)
+def open_candidate(path: Path, config: Config, progress_ops: int | None = None) -> ReadOnlyDB:
+    return ReadOnlyDB(path, config.gates.query_timeout_ms, progress_ops=progress_ops)
 
 
 def _structural(path: Path, config: Config, report: GateReport,
@@ -202,15 +211,19 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
     report = GateReport(path=str(path))
     gates = config.gates
     checks_db = _open_for_checks(path, config, bool(config.checks))
-    # quick_check does not compare indexes with tables: indexcheck does, beside it
-    index_db = _open_for_checks(path, config, gates.integrity == "quick")
+    # quick_check does not compare indexes with tables: indexcheck does, beside it,
+    # its table and index scans spread over connections of their own
+    index_dbs = [db for _ in range(INDEX_CHECK_CONNECTIONS)
+                 if (db := _open_for_checks(path, config, gates.integrity == "quick",
+                                            progress_ops=SCAN_PROGRESS_OPS))]
+    sides = [d for d in (checks_db, *index_dbs) if d is not None]
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="releaser-checks")
     checks: Future[list[GateResult]] | None = None
     indexes: Future[GateResult] | None = None
     if checks_db is not None:
         checks = pool.submit(_run_checks, checks_db, config, baseline)
-    if index_db is not None:
-        indexes = pool.submit(check_indexes, index_db, gates.integrity_timeout_ms)
+    if index_dbs:
+        indexes = pool.submit(check_indexes, index_dbs, gates.integrity_timeout_ms)
     finished = False
     try:
         steps = [lambda d: check_integrity(d, gates.integrity, gates.integrity_timeout_ms)]
@@ -241,20 +254,19 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
         if not finished:
             # a structural failure or an exception (Ctrl-C...): stop the scans now
             # instead of waiting for them to read the whole file
-            for side in (checks_db, index_db):
-                if side is not None:
-                    side.conn.interrupt()
+            for side in sides:
+                side.conn.interrupt()
         pool.shutdown(wait=True)
-        for side in (checks_db, index_db):
-            if side is not None:
-                side.close()
+        for side in sides:
+            side.close()
 
 
-def _open_for_checks(path: Path, config: Config, wanted: bool) -> ReadOnlyDB | None:
+def _open_for_checks(path: Path, config: Config, wanted: bool,
+                     progress_ops: int | None = None) -> ReadOnlyDB | None:
     if not wanted or check_file(path).outcome != PASS:
         return None
     try:
-        return open_candidate(path, config)
+        return open_candidate(path, config, progress_ops)
     except sqlite3.DatabaseError:
         return None  # the structural gates will say why
 

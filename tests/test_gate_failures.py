@@ -20,8 +20,8 @@ def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -
     """Change rows while `index` is hidden from SQLite, then put it back: the index still
     holds the old values (what a build tool bug or a bad page write leaves)."""
     conn = sqlite3.connect(path)
-    (index_sql, root) = conn.execute(
-        "SELECT sql, rootpage FROM sqlite_master WHERE name = ?", (index,)).fetchone()
+    (index_sql, root, table) = conn.execute(
+        "SELECT sql, rootpage, tbl_name FROM sqlite_master WHERE name = ?", (index,)).fetchone()
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("DELETE FROM sqlite_master WHERE name = ?", (index,))
     conn.commit()
@@ -30,7 +30,7 @@ def make_index_stale(path: Path, sql: str, index: str = "idx_tags_post_count") -
     conn.executescript(sql)
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) "
-                 "VALUES ('index', ?, 'tags_final', ?, ?)", (index, root, index_sql))
+                 "VALUES ('index', ?, ?, ?, ?)", (index, table, root, index_sql))
     conn.commit()
     conn.close()
 
