@@ -40,7 +40,7 @@ JOURNAL_NAME = "journal.jsonl"
 DEGRADED_MARKER = "journal.degraded"
 # a tail read for the newest entries reads this much from the end
 TAIL_BYTES = 256 * 1024
-# a mark (read_after) identifies the file by a hash of this many bytes before its offset
+# a mark (newest_event_after) identifies the file by a hash of this many bytes before its offset
 MARK_BYTES = 256
 # release and event: the record; compaction and checkpoint: see journal_compact.py
 LINE_TYPES = ("release", "event", "compaction", "checkpoint")
@@ -133,12 +133,12 @@ class Journal:
             raw = raw[cut + 1:] if cut >= 0 else b""
         return parse(raw).entries
 
-    def read_after(self, offset: int, before_sha256: str
-                   ) -> tuple[list[dict[str, Any]], int, str] | None:
-        """The whole lines after byte offset, if the bytes before it still hash to
-        before_sha256 (None: the journal was rotated, cut or replaced since the mark).
-        Returns (entries, end, hash before end): end is just after the last whole line,
-        where the next mark goes."""
+    def newest_event_after(self, offset: int, before_sha256: str
+                           ) -> tuple[dict[str, Any] | None, int, str] | None:
+        """The newest event among the whole lines after byte offset, if the bytes
+        before it still hash to before_sha256 (None: the journal was rotated, cut or
+        replaced since that mark). Returns (event or None, end, hash before end):
+        end is just after the last whole line, where the next mark goes."""
         try:
             with open(self.path, "rb") as fh:
                 start = max(0, offset - MARK_BYTES)
@@ -148,13 +148,15 @@ class Journal:
             return None
         if len(raw) < offset - start or _sha(raw[:offset - start]) != before_sha256:
             return None
-        read = parse(raw[offset - start:])
-        end = offset + read.good_size
-        return read.entries, end, _sha(raw[max(0, end - start - MARK_BYTES):end - start])
+        end = raw.rfind(b"\n") + 1
+        if end < offset - start:
+            end = offset - start  # nothing whole after the mark
+        return (_newest_event(raw[offset - start:end]), start + end,
+                _sha(raw[max(0, end - MARK_BYTES):end]))
 
-    def tail_marked(self, nbytes: int = TAIL_BYTES
-                    ) -> tuple[list[dict[str, Any]], int, str]:
-        """tail(), with the mark of its end as read_after returns it."""
+    def newest_event_in_tail(self, nbytes: int = TAIL_BYTES
+                             ) -> tuple[dict[str, Any] | None, int, str]:
+        """newest_event_after for the last nbytes, with no mark to start from."""
         try:
             with open(self.path, "rb") as fh:
                 size = fh.seek(0, os.SEEK_END)
@@ -162,11 +164,11 @@ class Journal:
                 fh.seek(start)
                 raw = fh.read()
         except FileNotFoundError:
-            return [], 0, _sha(b"")
+            return None, 0, _sha(b"")
         end = raw.rfind(b"\n") + 1
         mark = _sha(raw[max(0, end - MARK_BYTES):end])
         cut = raw.find(b"\n") + 1 if start > 0 else 0
-        return parse(raw[cut:end]).entries, start + end, mark
+        return _newest_event(raw[cut:end]), start + end, mark
 
     def degraded_pending(self) -> bool:
         return self.marker.exists()
@@ -226,6 +228,21 @@ def event_entry(row: dict[str, Any], uid: str) -> dict[str, Any]:
 
 def release_entry(release_id: int, **fields: Any) -> dict[str, Any]:
     return {"t": "release", "id": release_id, **fields}
+
+
+def _newest_event(raw: bytes) -> dict[str, Any] | None:
+    """The last whole event line in raw, decoding from the end and only lines that
+    can be one (release lines, with their reports, are the big ones)."""
+    for line in reversed(raw.split(b"\n")):
+        if b'"event"' not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("t") == "event" and doc.get("uid"):
+            return doc
+    return None
 
 
 def _sha(data: bytes) -> str:

@@ -254,14 +254,13 @@ def _events_after_journal(conn: sqlite3.Connection, journal: Journal) -> list[di
     usable mark (a new or rebuilt state.db, a rotated or cut journal) its tail."""
     mark = conn.execute("SELECT byte_offset, before_sha256, event_id FROM journal_mark"
                         " WHERE id = 1").fetchone()
-    after = journal.read_after(mark[0], mark[1]) if mark is not None else None
+    after = journal.newest_event_after(mark[0], mark[1]) if mark is not None else None
     if after is None:
-        entries, end, end_sha = journal.tail_marked()
+        last, end, end_sha = journal.newest_event_in_tail()
         marked_id = None
     else:
-        entries, end, end_sha = after
+        last, end, end_sha = after
         marked_id = mark[2]
-    last = next((e for e in reversed(entries) if e.get("t") == "event"), None)
     event_id = _event_id(conn, str(last["uid"])) if last is not None else marked_id
     if event_id is None:
         # no event to go by, or the journal is ahead (degraded lines): imported above,

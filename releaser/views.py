@@ -22,6 +22,7 @@ from .preflight import check_source_path, hot_journal
 from .session import (
     Context,
     file_of,
+    on_disk_ids,
     open_store,
     parse_release_id,
     previous_release,
@@ -147,9 +148,10 @@ def _releases(ctx: Context, config: Config, limit: int | None = None
     store = ctx.store
     live_id = store.live_release_id()
     idle_ids = set(store.slot_files(store.idle_slot()))
+    files = on_disk_ids(store)  # listed once, not per row
     out = []
     for rel in ctx.state.releases(limit=limit):
-        on_disk = file_of(store, rel.id) is not None
+        on_disk = rel.id in files
         shown = "live" if rel.id == live_id else "idle" if rel.id in idle_ids else rel.status
         out.append({
             "release_id": rel.id,
