@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gates, plans, schema
+from . import gates, plans, schema, schema_compat
 from .config import Config
 from .db import QueryTimeout, ReadOnlyDB
 from .errors import UsageError
@@ -193,7 +193,7 @@ def diff_files(a: Side, b: Side, config: Config) -> dict[str, Any]:
     with da, db_:
         try:
             sa, sb = schema.read_schema(da), schema.read_schema(db_)
-            changes = schema.compare(sb, sa, plans.probe_index_usage(db_, config.probes))
+            changes = schema_compat.compare(sb, sa, plans.probe_index_usage(db_, config.probes))
             tables = _tables(sa, sb, da, db_, config.gates.integrity_timeout_ms)
             totals = {t["table"].lower(): (t["new"], t["old"]) for t in tables}
             return {

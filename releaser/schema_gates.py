@@ -17,7 +17,8 @@ from .db import QueryTimeout, ReadOnlyDB
 from .gates import ERROR, FAIL, PASS, GateResult
 from .gates import WARN as GATE_WARN
 from .plans import plan_results, probe_index_usage
-from .schema import CONTRACT, EXPAND, WARN, SchemaChange, compare, read_schema
+from .schema import read_schema
+from .schema_compat import CONTRACT, EXPAND, WARN, SchemaChange, compare
 
 
 def compat_results(changes: list[SchemaChange], allow_contract: bool, how: str

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from releaser import plans, schema
+from releaser import plans, schema, schema_compat
 from releaser.config_gates import Probe
 from releaser.db import ReadOnlyDB
 
@@ -71,7 +71,7 @@ def test_read_schema_sees_columns_indexes_views_triggers(env: Env) -> None:
     ("BLOB", "TEXT", "contract"),
 ])
 def test_type_changes_are_classified_by_affinity(old: str, new: str, category: str) -> None:
-    assert schema.type_change(old, new)[0] == category
+    assert schema_compat.type_change(old, new)[0] == category
 
 
 def test_compare_classifies_each_kind_of_change(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_compare_classifies_each_kind_of_change(tmp_path: Path) -> None:
         "CREATE TABLE fresh (y);"
         "CREATE VIEW v AS SELECT a FROM t;"
         "CREATE INDEX i_new ON t(c);"))
-    changes = schema.compare(_schema(old), _schema(new), {"i_used": ["by_a"]})
+    changes = schema_compat.compare(_schema(old), _schema(new), {"i_used": ["by_a"]})
     got = {(c.name, c.change): c.category for c in changes}
     assert got == {
         ("dropped", "removed"): "contract",
@@ -249,7 +249,7 @@ def test_probe_index_with_a_space_in_its_name_is_found_and_its_removal_fails(
         assert plans.query_plan(db, probe) == ["SEARCH my tags USING INDEX by name (name=?)"]
         used = plans.probe_index_usage(db, (probe,))
     assert used == {"by name": ["by_name"]}
-    (change,) = schema.compare(_schema(old), _schema(new), used)
+    (change,) = schema_compat.compare(_schema(old), _schema(new), used)
     assert (change.name, change.category) == ("by name", "contract")
     assert "probe by_name uses it" in change.reason
 
@@ -286,7 +286,7 @@ def test_rowid_to_without_rowid_is_contract_strict_is_warn(tmp_path: Path) -> No
     s = _schema(new)
     assert (s.tables["a"].without_rowid, s.tables["c"].strict) == (True, True)
     # (a.k, b.k: WITHOUT ROWID makes a PRIMARY KEY column NOT NULL, reported per column)
-    got = {c.name: (c.category, c.reason) for c in schema.compare(_schema(old), s)
+    got = {c.name: (c.category, c.reason) for c in schema_compat.compare(_schema(old), s)
            if c.object == "table"}
     assert {n: cat for n, (cat, _) in got.items()} == {
         "a": "contract", "b": "expand", "c": "warn", "d": "expand"}
@@ -300,7 +300,7 @@ def test_names_compare_case_insensitively(tmp_path: Path) -> None:
     new = _db(tmp_path, "new.db", (
         "CREATE TABLE tags (name TEXT, n INT); CREATE INDEX ix ON tags(name);"
         "CREATE VIEW v AS SELECT name FROM tags;"))
-    changes = schema.compare(_schema(old), _schema(new), {"IX": ["p"]})
+    changes = schema_compat.compare(_schema(old), _schema(new), {"IX": ["p"]})
     got = {(c.object, c.name): c.category for c in changes}
     # nothing removed: only case changed (the view's SQL text changed with it)
     assert got == {("table", "tags"): "expand", ("column", "tags.name"): "warn",
@@ -315,13 +315,13 @@ def test_names_compare_case_insensitively(tmp_path: Path) -> None:
     ("TEXT", "ANY", False, "contract"),     # outside STRICT, ANY is NUMERIC affinity
 ])
 def test_strict_any_has_no_affinity(old: str, new: str, strict: bool, category: str) -> None:
-    assert schema.type_change(old, new, strict, strict)[0] == category
+    assert schema_compat.type_change(old, new, strict, strict)[0] == category
 
 
 def test_strict_any_column_changes_through_compare(tmp_path: Path) -> None:
     old = _db(tmp_path, "old.db", "CREATE TABLE s (a ANY, b TEXT) STRICT;")
     new = _db(tmp_path, "new.db", "CREATE TABLE s (a INTEGER, b ANY) STRICT;")
-    got = {c.name: c.category for c in schema.compare(_schema(old), _schema(new))}
+    got = {c.name: c.category for c in schema_compat.compare(_schema(old), _schema(new))}
     assert got == {"s.a": "contract", "s.b": "expand"}
 
 
