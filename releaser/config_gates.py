@@ -97,6 +97,8 @@ class Gates:
     integrity_timeout_ms: int = 600_000
     # table -> columns the app needs
     required: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # SQLite's memory cap while reading a candidate: a file that needs more is rejected
+    sqlite_heap_limit_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.integrity not in ("quick", "full"):
@@ -106,6 +108,10 @@ class Gates:
         for name in ("query_timeout_ms", "integrity_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sqlite_heap_limit_mb < 16:
+            raise ValueError(
+                f"sqlite_heap_limit_mb must be >= 16 (the gates' own connections need "
+                f"about 2 MB each), got {self.sqlite_heap_limit_mb}")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ A broken or hostile file must not be able to hang us or change anything:
 - a progress handler aborts any statement that runs past its deadline;
 - an authorizer refuses ATTACH/DETACH: config SQL can read the candidate, never
   open (and so create) another file;
-- SQLite's heap is capped (HEAP_LIMIT_BYTES, process-wide): a file that needs more
-  memory to read (a huge generated blob...) fails its query with OutOfMemory instead
-  of taking the machine's memory; results are streamed, never fetched whole, where
-  their size is the file's choice (probes).
+- SQLite's heap is capped ([gates] sqlite_heap_limit_mb, default 64 MB): a file that
+  needs more memory to read (a huge generated blob...) fails its query with
+  OutOfMemory instead of taking the machine's memory; results are streamed, never
+  fetched whole, where their size is the file's choice (probes). The cap is
+  process-wide in SQLite (the last open sets it): every open passes the config's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
 
 
-HEAP_LIMIT_BYTES = 64 << 20
+DEFAULT_HEAP_LIMIT_MB = 64
 PROGRESS_OPS = 1000
 
 _DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
@@ -51,9 +52,9 @@ def _authorize(action: int, *_args: object) -> int:
     return sqlite3.SQLITE_DENY if action in _DENIED else sqlite3.SQLITE_OK
 
 
-def _cap_heap(conn: sqlite3.Connection) -> None:
+def _cap_heap(conn: sqlite3.Connection, limit_mb: int) -> None:
     """Set the process-wide SQLite heap limit (once is enough; harmless again)."""
-    conn.execute(f"PRAGMA hard_heap_limit = {HEAP_LIMIT_BYTES}")
+    conn.execute(f"PRAGMA hard_heap_limit = {int(limit_mb) << 20}")
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,11 @@ class ReadOnlyDB:
     """A read-only connection whose every statement runs under a deadline."""
 
     def __init__(self, path: Path, timeout_ms: int, *, immutable: bool = False,
-                 progress_ops: int | None = None) -> None:
+                 progress_ops: int | None = None,
+                 heap_limit_mb: int = DEFAULT_HEAP_LIMIT_MB) -> None:
         self.path = path
         self.timeout_ms = timeout_ms
+        self.heap_limit_mb = heap_limit_mb
         quoted = urllib.parse.quote(str(path.absolute()))
         uri = f"file:{quoted}?mode=ro"
         if immutable:
@@ -117,7 +120,7 @@ class ReadOnlyDB:
         self.conn.set_progress_handler(self._progress, progress_ops or PROGRESS_OPS)
         self.conn.execute("PRAGMA trusted_schema=OFF")
         self.conn.execute("PRAGMA query_only=ON")
-        _cap_heap(self.conn)
+        _cap_heap(self.conn, heap_limit_mb)
         self.conn.set_authorizer(_authorize)
 
     def _progress(self) -> int:
@@ -140,8 +143,8 @@ class ReadOnlyDB:
             raise
         except MemoryError:
             raise OutOfMemory(
-                f"out of memory: the query needs more than the {HEAP_LIMIT_BYTES >> 20} MB "
-                "SQLite heap limit") from None
+                f"out of memory: the query needs more than the {self.heap_limit_mb} MB "
+                "SQLite heap limit ([gates] sqlite_heap_limit_mb)") from None
         finally:
             self._deadline = float("inf")
 

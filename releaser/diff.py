@@ -40,7 +40,8 @@ def _open(side: Side, config: Config) -> ReadOnlyDB:
     if r.outcome != gates.PASS:
         raise UsageError(f"{side.path}: cannot diff {side.label}: {r.detail}")
     try:
-        return ReadOnlyDB(side.path, config.gates.query_timeout_ms)
+        return ReadOnlyDB(side.path, config.gates.query_timeout_ms,
+                          heap_limit_mb=config.gates.sqlite_heap_limit_mb)
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"{side.path}: cannot open {side.label}: {exc}") from None
 

@@ -174,7 +174,8 @@ def check_required_schema(db: ReadOnlyDB, required: dict[str, tuple[str, ...]]) 
 
 
 def open_candidate(path: Path, config: Config, progress_ops: int | None = None) -> ReadOnlyDB:
-    return ReadOnlyDB(path, config.gates.query_timeout_ms, progress_ops=progress_ops)
+    return ReadOnlyDB(path, config.gates.query_timeout_ms, progress_ops=progress_ops,
+                      heap_limit_mb=config.gates.sqlite_heap_limit_mb)
 
 
 def _structural(path: Path, config: Config, report: GateReport,

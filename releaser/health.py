@@ -108,7 +108,8 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
                 f"{release.sha256[:12]}…: it was modified in place")
             return report
     try:
-        db = ReadOnlyDB(target, config.gates.query_timeout_ms)
+        db = ReadOnlyDB(target, config.gates.query_timeout_ms,
+                        heap_limit_mb=config.gates.sqlite_heap_limit_mb)
     except Exception as exc:  # noqa: BLE001 - any open failure is a failed check
         report.reasons.append(f"cannot open {target}: {exc}")
         return report

@@ -66,13 +66,14 @@ def schema_gates(candidate: Path, live: Path | None, config: Config, *,
                  allow_contract: bool = False) -> list[GateResult]:
     """Schema compatibility against the live release (when there is one), then plans."""
     timeout = config.gates.query_timeout_ms
+    heap = config.gates.sqlite_heap_limit_mb
     allowed = allow_contract or config.schema.allow_contract
     how = "--allow-contract" if allow_contract else "[schema] allow_contract"
     out: list[GateResult] = []
     try:
-        with ReadOnlyDB(candidate, timeout) as cand:
+        with ReadOnlyDB(candidate, timeout, heap_limit_mb=heap) as cand:
             if live is not None and live.exists():
-                with ReadOnlyDB(live, timeout) as old:
+                with ReadOnlyDB(live, timeout, heap_limit_mb=heap) as old:
                     before = read_schema(old)
                     used = probe_index_usage(old, config.probes)
                     old_page = old.scalar("PRAGMA page_size")

@@ -76,6 +76,8 @@ def test_overrides_win_over_file(tmp_path: Path) -> None:
         ('live_path = "/a"\nroot = "/b"\n[gates]\nintegrity = "slow"\n',
          'gates: integrity must be "quick" or "full"'),
         ('live_path = "/a"\nroot = "/b"\n[gates]\nprobe_runs = 0\n', "probe_runs must be >= 1"),
+        ('live_path = "/a"\nroot = "/b"\n[gates]\nsqlite_heap_limit_mb = 4\n',
+         "gates: sqlite_heap_limit_mb must be >= 16"),
         ('live_path = "/a"\nroot = "/b"\n[[checks]]\nname = "x"\nsql = "SELECT 1"\n'
          'fail = { min = 2, max = 1 }\n', "checks[0].fail: min (2.0) is greater than max"),
         ('live_path = "/a"\nroot = "/b"\n[[checks]]\nname = "x"\n', "checks[0].sql: is required"),

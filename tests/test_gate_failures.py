@@ -147,6 +147,32 @@ fail = { min = 0 }
     assert (ev["action"], ev["outcome"]) == ("reject", "rejected")
 
 
+def test_a_lower_configured_heap_limit_rejects_what_the_default_accepts(store: Env) -> None:
+    """[gates] sqlite_heap_limit_mb: a check reading a 30 MB generated blob passes under
+    the default 64 MB and is rejected, naming the limit and its key, under 16 MB."""
+    db = store.make_db("blob30.db", rows=3000, seed=3)
+    conn = sqlite3.connect(db)
+    # only on the last row, which no probe reads: the probes stay fast; the check's
+    # concatenation makes SQLite hold it whole (a bare zeroblob is never allocated)
+    conn.execute("ALTER TABLE tags_final ADD COLUMN blobby BLOB GENERATED ALWAYS AS "
+                 "(zeroblob(iif(id = 3000, 30000000, 1))) VIRTUAL")
+    conn.commit()
+    conn.close()
+    check = """
+[[checks]]
+name = "blobs"
+sql = "SELECT max(length(blobby || x'00')) FROM tags_final"
+fail = { min = 0 }
+"""
+    store.write_config(check)
+    store.run("validate", str(db), expect=0)
+    store.write_config(check, sqlite_heap_limit_mb="16")
+    res = store.run("validate", str(db), expect=1)
+    assert "check blobs" in res.stderr and "out of memory" in res.stderr, res.stderr
+    assert "16 MB" in res.stderr
+    assert "sqlite_heap_limit_mb" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_probe_returning_millions_of_rows_keeps_publish_memory_flat(published: Env) -> None:
     """Item 12: probe rows are counted while streaming, never all fetched."""
     published.write_config("""
