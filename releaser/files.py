@@ -23,6 +23,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_new(path: Path, data: bytes, tmp_prefix: str, mode: int = 0o664) -> None:
+    """data as path: a temp file (tmp_prefix + name, beside it) written whole, fsynced,
+    renamed over path (the caller fsyncs the folder). mode whatever the umask."""
+    tmp = path.with_name(f"{tmp_prefix}{path.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def link_atomically(src: Path, tmp: Path, dest: Path) -> None:
     """A new name for an existing file: link under a temp name, rename, fsync the folder."""
     try:

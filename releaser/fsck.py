@@ -28,7 +28,7 @@ from typing import Any
 from . import manifest, rebuild, statefile
 from .config import Config
 from .errors import UsageError
-from .files import fsync_dir
+from .files import fsync_dir, write_new
 from .journal import Journal, JournalRead
 from .state import SCHEMA, StateDB
 from .store import STAGING_PREFIX, Store
@@ -279,18 +279,12 @@ def _rewrite_journal(journal: Journal, jread: JournalRead, report: FsckReport) -
     import json
 
     aside = journal.path.with_name(f"{journal.path.name}.damaged-{_stamp()}")
-    tmp = journal.path.with_name(f"{STAGING_PREFIX}journal-{os.getpid()}")
     data = "".join(json.dumps(e, separators=(",", ":"), default=str, ensure_ascii=False) + "\n"
                    for e in jread.entries).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o664)
-    try:
-        os.fchmod(fd, 0o664)  # every publisher appends to it (README "Users and permissions")
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.link(journal.path, aside)
-    os.replace(tmp, journal.path)
+    # the damaged copy is written anew, not hard-linked: the journal may be another
+    # publisher's file (fs.protected_hardlinks refuses the link)
+    write_new(aside, journal.path.read_bytes(), STAGING_PREFIX)
+    write_new(journal.path, data, STAGING_PREFIX)
     fsync_dir(journal.path.parent)
     report.repaired.append(f"{journal.path}: rewritten with its {len(jread.entries)} whole "
                            f"line(s); the damaged copy is {aside.name}")

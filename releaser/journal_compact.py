@@ -18,8 +18,9 @@ the last checkpoint, so a large kept history is not rewritten after every publis
 - it is written whole to a temp name, fsynced, and renamed over journal.jsonl
   (the folder fsynced): never rewritten in place; a crash leaves the old file or
   the new one, both complete;
-- the file it replaces stays as journal.previous.jsonl (one generation), for
-  inspection; nothing reads it;
+- the file it replaces stays as journal.previous.jsonl (one generation, written
+  anew the same way, not hard-linked: the journal may be another publisher's
+  file), for inspection; nothing reads it;
 - rebuild.collect on the new file gives the same releases, events and counters as
   on the old one, so `fsck --repair` rebuilds state.db from it and the manifests.
 
@@ -32,11 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Any
 
 from . import rebuild
-from .files import fsync_dir
+from .files import fsync_dir, write_new
 from .journal import Journal, parse, release_entry
 from .records import utcnow
 from .store import STAGING_PREFIX
@@ -101,20 +101,12 @@ def rotate(journal: Journal) -> dict[str, Any] | None:
         "replaces": {"bytes": read.good_size,
                      "sha256": hashlib.sha256(raw[:read.good_size]).hexdigest()},
     }
-    tmp = journal.path.with_name(f"{STAGING_PREFIX}journal-rotate")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o664)
-    try:
-        os.fchmod(fd, 0o664)  # every publisher appends to it (README "Users and permissions")
-        view = memoryview(_line(checkpoint) + bytes(body))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # the old bytes are written anew as journal.previous.jsonl, never hard-linked: the
+    # journal may belong to another publisher (fs.protected_hardlinks refuses a link)
     previous = journal.path.with_name(PREVIOUS_NAME)
-    previous.unlink(missing_ok=True)
-    os.link(journal.path, previous)
-    os.replace(tmp, journal.path)
+    # group-writable whatever the umask: every publisher appends (README "Users and permissions")
+    write_new(previous, raw[:read.good_size], STAGING_PREFIX)
+    write_new(journal.path, _line(checkpoint) + bytes(body), STAGING_PREFIX)
     fsync_dir(journal.path.parent)
     log.info("%s: rotated (%d bytes -> %d): a checkpoint of %d release(s) and %d event(s); "
              "the old file is %s", journal.path, len(raw), len(body), checkpoint["releases"],

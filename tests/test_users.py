@@ -313,3 +313,33 @@ def test_inbox_done_and_rejected_are_writable_by_the_inbox_group(dep: Deployment
     # alice removes and resubmits her own files
     dep.shell("alice", f"rm {inbox}/done/tags.db {inbox}/rejected/bad.db "
                        f"{inbox}/rejected/bad.db.reason.json")
+
+
+def test_journal_rotation_by_another_publisher(dep: Deployment) -> None:
+    """[history] keep_events on: a publish rotates a journal another user's file holds
+    (written anew and renamed, never hard-linked: fs.protected_hardlinks), leaves it
+    group-writable for the next publisher, and fsck --repair rebuilds from it."""
+    text = dep.config.read_text()
+    text = re.sub(r"(?m)^keep_events = .*$", "keep_events = 2", text)
+    dep.config.write_text(re.sub(r"(?m)^journal_max_bytes = .*$", "journal_max_bytes = 1", text))
+    journal = dep.root / "journal.jsonl"
+    dep.run("svc", "init", umask=0o027)
+    dep.run("alice", "publish", str(dep.build("alice", "a.db", rows=3000, seed=1)), umask=0o077)
+    dep.run("alice", "publish", str(dep.build("alice", "b.db", rows=3020, seed=3)), umask=0o077)
+    assert dep.role_of(journal) == "alice"
+    # the third event: carol's publish compacts, and rotates alice's journal
+    dep.run("carol", "publish", str(dep.build("carol", "c.db", rows=3010, seed=2)), umask=0o077)
+    assert dep.role_of(journal) == "carol"
+    for path in (journal, dep.root / "journal.previous.jsonl"):
+        assert os.stat(path).st_mode & 0o777 == 0o664, path
+    assert json.loads(journal.read_text().splitlines()[0])["t"] == "checkpoint"
+    before = json.loads(dep.run("svc", "history", "--json").stdout)["data"]
+    dep.run("svc", "fsck")
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (dep.root / name).unlink(missing_ok=True)
+    dep.run("svc", "fsck", "--repair")
+    after = json.loads(dep.run("oncall", "history", "--json").stdout)["data"]
+    view = [(e["at"], e["action"], e["outcome"], e["release_id"]) for e in before]
+    assert [(e["at"], e["action"], e["outcome"], e["release_id"]) for e in after] == view
+    assert len(view) == 2  # keep_events
+    assert dep.app_reads() == 3010
