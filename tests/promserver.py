@@ -30,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -199,9 +200,10 @@ class LoadGen:
             self._stop.wait(self.period)
 
     def stop(self) -> None:
+        """Stops sending; a request in flight (a slow fault) may still finish after."""
         self._stop.set()
         for t in self._threads:
-            t.join(10)
+            t.join(0.5)
 
 
 class PromServer:
@@ -282,10 +284,39 @@ class PromServer:
 # -- fixtures (imported by the test modules) ---------------------------------
 
 
-@dataclass
 class Stack:
-    app: TestApp
-    prom: PromServer
+    """The session's Prometheus and app, and one spare host of the app kept warm.
+
+    A host's series need two scrapes with traffic before rate() answers (about 2 s at
+    1 s scrapes). So the stack keeps the next test's host already serving (a healthy
+    database, a few requests a second, release label "None"): app_host() hands it over
+    with its data in Prometheus and starts warming the next one."""
+
+    SPARE_RATE = 5.0  # requests a second while it waits: enough for rate(), little CPU
+
+    def __init__(self, app: TestApp, prom: PromServer, tmp: Path) -> None:
+        self.app, self.prom = app, prom
+        self.healthy = tmp / "spare.db"
+        write_sample(self.healthy, rows=200, seed=1)
+        self._count = 0
+        self._spare: tuple[VHost, LoadGen] | None = None
+        self._warm()
+
+    def _warm(self) -> None:
+        self._count += 1
+        name = f"h{self._count}"
+        self._spare = (self.app.add_host(name, self.healthy),
+                       LoadGen(self.app, name, rate=self.SPARE_RATE))
+
+    def take(self) -> tuple[VHost, LoadGen]:
+        assert self._spare is not None
+        host, load = self._spare
+        self._warm()
+        return host, load
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare[1].stop()
 
 
 @pytest.fixture(scope="session")
@@ -295,9 +326,13 @@ def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     need_prometheus()
     app = TestApp()
     prom = PromServer(tmp_path_factory.mktemp("prom"), [app.target])
+    stack = None
     try:
-        yield Stack(app, prom.start())
+        stack = Stack(app, prom.start(), tmp_path_factory.mktemp("app"))
+        yield stack
     finally:
+        if stack is not None:
+            stack.close()
         prom.stop()
         app.close()
 
@@ -312,18 +347,24 @@ def prom(stack: Stack) -> PromServer:
     return stack.prom
 
 
-@pytest.fixture
-def app(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VHost]:
-    """This test's own healthy host of the app, under load, with data in Prometheus."""
-    name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
-    db = tmp_path / "healthy.db"
-    write_sample(db, rows=200, seed=1)
-    host = stack.app.add_host(name, db)
-    load = LoadGen(stack.app, name)
+@contextmanager
+def app_host(stack: Stack, live_path: Path) -> Iterator[VHost]:
+    """A host of the app of the test's own (its name: host.name) serving live_path (as
+    the app reads the live release), under load, with data in Prometheus."""
+    host, load = stack.take()
+    host.live_path = live_path
+    load.period = 1.0 / 40  # a test's load: about 40 requests a second
     try:
-        # two scrapes with traffic: rate() has an answer
-        stack.prom.wait_for(f'sum(rate(http_requests_total{{host="{name}"}}[5s]))',
+        stack.prom.wait_for(f'sum(rate(http_requests_total{{host="{host.name}"}}[5s]))',
                             lambda v: v and v[0] > 0)
         yield host
     finally:
+        host.fault = None  # in-flight slow answers end sooner
         load.stop()
+
+
+@pytest.fixture
+def app(stack: Stack) -> Iterator[VHost]:
+    """This test's own healthy host of the app, under load, with data in Prometheus."""
+    with app_host(stack, stack.healthy) as host:
+        yield host

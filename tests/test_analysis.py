@@ -134,10 +134,10 @@ def test_templating_selects_the_release(prom: PromServer) -> None:
 
 
 def test_run_window_stops_early_when_asked(prom: PromServer) -> None:
-    e = entry(prom.url, "vector(0)", interval_s=0.5)
+    e = entry(prom.url, "vector(0)", interval_s=0.3)
     cfg = Analysis(prometheus=(e,))
     stop = threading.Event()
-    threading.Timer(1.2, stop.set).start()
+    threading.Timer(0.5, stop.set).start()
     t0 = time.monotonic()
     verdict = analysis.run_window(cfg, ctx(cfg), window_s=30, stop=stop)
     assert time.monotonic() - t0 < 5

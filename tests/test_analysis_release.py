@@ -11,12 +11,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-
-import pytest
 
 from releaser.config import load_config
 from releaser.monitor import Monitor
@@ -24,7 +20,7 @@ from releaser.monitor import Monitor
 from . import promserver
 from .conftest import Env
 from .monitorproc import MonitorProc, set_config, wait_for
-from .promserver import Fault, LoadGen, PromServer, Stack, VHost
+from .promserver import Fault, PromServer, Stack, app_host
 
 stack = promserver.stack  # fixture: the session's Prometheus and app
 
@@ -46,19 +42,6 @@ def analysis_toml(address: str, query: str, *, window_s: float = 0, watch_s: flo
             + (f'reduce = "{reduce}"\n' if reduce else ""))
 
 
-@contextmanager
-def app_host(stack: Stack, env: Env, name: str) -> Iterator[VHost]:
-    """A host of the app serving env's live release, under load, scraped."""
-    host = stack.app.add_host(name, env.live)
-    load = LoadGen(stack.app, name)
-    try:
-        stack.prom.wait_for(f'sum(rate(http_requests_total{{host="{name}"}}[5s]))',
-                            lambda v: v and v[0] > 0)
-        yield host
-    finally:
-        load.stop()
-
-
 def counter(env: Env, name: str) -> int:
     conn = sqlite3.connect(f"file:{env.root / 'state.db'}?mode=ro", uri=True)
     try:
@@ -68,16 +51,11 @@ def counter(env: Env, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _name(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
-
-
 def test_error_rate_rising_in_the_verify_window_swaps_back(
-        store: Env, stack: Stack, request: pytest.FixtureRequest) -> None:
+        store: Env, stack: Stack) -> None:
     store.cli("publish", str(store.make_db("one.db", seed=1)))
-    name = _name(request)
-    query = ERROR_RATE.format(host=name)
-    with app_host(stack, store, name) as host:
+    with app_host(stack, store.live) as host:
+        query = ERROR_RATE.format(host=host.name)
         host.fault = Fault(error_ratio=0.5, release_id=2)  # a bad build: every 2nd answer 500
         store.write_config(analysis_toml(stack.prom.url, query, window_s=30))
         proc = store.run("publish", str(store.make_db("two.db", seed=2)), "--json", expect=1)
@@ -109,18 +87,21 @@ def test_error_rate_rising_in_the_verify_window_swaps_back(
 
 
 def test_error_rate_rising_20_s_after_publish_is_reverted_by_the_monitor(
-        store: Env, stack: Stack, request: pytest.FixtureRequest) -> None:
+        store: Env, stack: Stack) -> None:
     store.cli("publish", str(store.make_db("one.db", seed=1)))
-    name = _name(request)
-    with app_host(stack, store, name) as host:
+    with app_host(stack, store.live) as host:
+        name = host.name
         set_config(store, monitor={"interval_s": 1}, extra=analysis_toml(
             stack.prom.url, ERROR_RATE.format(host=name), window_s=3, watch_s=45))
+        # release 2 fails 20 s after its publish starts (its window and the monitor's
+        # start are inside those 20 s)
+        fault_at = time.time() + 20
+        host.fault = Fault(error_ratio=0.5, release_id=2, start=time.monotonic() + 20)
         # a healthy release passes its window: it stays
         doc = store.cli_json("publish", str(store.make_db("two.db", seed=2)))
         assert doc["outcome"] == "published"  # type: ignore[index]
         assert doc["verify"]["analysis"]["outcome"] == "pass"  # type: ignore[index]
-        fault_at = time.time() + 20
-        host.fault = Fault(error_ratio=0.5, release_id=2, start=time.monotonic() + 20)
+        assert time.time() < fault_at - 10  # the monitor watches it healthy first
         by_publish = counter(store, "analysis:error_rate:pass")
         assert by_publish >= 1  # the publish's window evaluations are counted too
         with MonitorProc(store, "monitor") as mon:
@@ -166,7 +147,7 @@ def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
     store.cli("publish", str(store.make_db("one.db", seed=1)))
     own = PromServer(tmp_path / "own-prom", [stack.app.target]).start()
     # a query with an answer whatever the app does: only Prometheus matters here
-    store.write_config(analysis_toml(own.url, "vector(0)", window_s=1.5, interval_s=0.3,
+    store.write_config(analysis_toml(own.url, "vector(0)", window_s=1, interval_s=0.2,
                                      inconclusive_limit=2))
     try:
         [m] = store.cli_json("analyze")["measurements"]  # type: ignore[index]
@@ -188,7 +169,7 @@ def test_a_stopped_prometheus_is_inconclusive_and_never_reverts(
     # the monitor watching release 2: inconclusive, counted, never a revert
     monitor = Monitor(load_config(store.config))
     for _ in range(4):
-        time.sleep(0.35)
+        time.sleep(0.25)
         assert monitor.analysis_once() is False
     assert store.status()["live"]["release_id"] == 2
     assert not [e for e in store.history() if e["action"] == "auto-revert"]
@@ -224,12 +205,12 @@ def test_several_series_without_reduce_and_rejected_queries_are_config_errors(
 def test_the_watch_covers_watch_s_after_a_publish_and_never_a_rollback(
         store: Env, stack: Stack) -> None:
     """A query that always fails: it reverts only inside watch_s after a publish."""
-    store.write_config(analysis_toml(stack.prom.url, "vector(1)", watch_s=2,
+    store.write_config(analysis_toml(stack.prom.url, "vector(1)", watch_s=1,
                                      interval_s=0.2).replace("max = 0.05", "max = 0"))
     for n in (1, 2):
         store.cli("publish", str(store.make_db(f"r{n}.db", seed=n)))
     monitor = Monitor(load_config(store.config))
-    time.sleep(2.3)  # release 2's watch is over before the monitor first sees it
+    time.sleep(1.2)  # release 2's watch is over before the monitor first sees it
     assert monitor.analysis_once() is False
     assert store.status()["live"]["release_id"] == 2
     store.cli("publish", str(store.make_db("r3.db", seed=3)))

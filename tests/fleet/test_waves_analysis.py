@@ -46,7 +46,7 @@ def _rollout(fleet: Fleet) -> dict:
 
 def test_a_canary_whose_error_rate_rises_halts_the_rollout(fleet: Fleet,
                                                           prom_stack: Stack) -> None:
-    names = ["wa-canary", "wa-app1", "wa-app2"]
+    names = ["wa-canary", "wa-app1"]
     toml = analysis_toml(prom_stack.prom.url, ERROR_RATE, interval_s=1,
                          inconclusive_limit=6)  # no data until two scrapes of the release
     hosts = [fleet.host(n, extra=toml) for n in names]
@@ -94,7 +94,7 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     toml = analysis_toml(f"http://127.0.0.1:{free_port()}", "vector(0)", interval_s=0.3,
                          inconclusive_limit=2)
     canary = fleet.host("wi-canary", extra=toml)
-    others = [fleet.host(f"wi-app{i}") for i in (1, 2)]  # no analysis of their own
+    others = [fleet.host("wi-app1")]  # no analysis of its own
     hosts = [canary, *others]
     first = _first(fleet, hosts)
     second = _push_canary(fleet, "two.db", canary.name, bake=1)
@@ -104,7 +104,7 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     assert "analysis inconclusive" in rollout["reasons"][0]
     assert "did not answer" in rollout["reasons"][0]
     fleet.wait_all(others, "waiting", second["seq"])
-    time.sleep(2.0)  # far past the 1 s bake: paused, not baking
+    time.sleep(1.2)  # past the 1 s bake (it began before the pause): paused, not baking
     assert all(h.live_sha() == first["sha256"] for h in others)
     assert "rollout paused" in fleet.acks()[others[0].name]["reasons"][0]
     # never a revert: the canary keeps the release
