@@ -2,8 +2,8 @@
 
 Compaction (state_counters.compact) removes old events and release rows from
 state.db and journals what it did in one `{"t": "compaction", ...}` line: the
-uid of the oldest event kept, the release id floor and the on-disk releases below
-it that stay, and the per action/outcome counts removed. A rebuild
+uids of the events removed (a few per publish), the release id floor and the
+on-disk releases below it that stay, and the per action/outcome counts removed. A rebuild
 (rebuild.collect) applies that line, so the journal and state.db always describe
 the same record, and the metrics' totals survive a lost state.db.
 

@@ -111,12 +111,12 @@ def collect(entries: list[dict[str, Any]], manifests: dict[int, dict[str, Any]],
 
 def _apply_compaction(out: Rebuilt, entry: dict[str, Any]) -> None:
     """Drop what a `[history] keep_events` compaction removed from state.db: the events
-    before the oldest one it kept, and the release rows below its floor not on disk."""
-    oldest = entry.get("oldest_kept_uid")
-    at = next((i for i, e in enumerate(out.events) if e["uid"] == oldest), None)
-    if at is not None:
-        del out.events[:at]
-    elif isinstance(entry.get("through_event_id"), int):  # the kept one is not journalled
+    it names (by uid), and the release rows below its floor not on disk."""
+    removed = entry.get("removed_uids")
+    if isinstance(removed, list):
+        gone = set(removed)
+        out.events = [e for e in out.events if e["uid"] not in gone]
+    elif isinstance(entry.get("through_event_id"), int):
         through = entry["through_event_id"]
         out.events = [e for e in out.events
                       if not (isinstance(e.get("id"), int) and e["id"] <= through)]

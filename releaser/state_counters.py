@@ -71,6 +71,11 @@ class CountersMixin:
                              (f"compacted:{action}:{outcome}", n))
             conn.execute("INSERT INTO compactions (at, through_event_id, events_removed,"
                          " releases_removed) VALUES (?, ?, 0, 0)", (utcnow(), through))
+            # the journal's names of the events removed: a rebuild drops exactly these
+            has_uid = any(r[1] == "uid" for r in conn.execute("PRAGMA table_info(events)"))
+            uid_sql = "COALESCE(uid, 'db-' || id)" if has_uid else "'db-' || id"
+            removed = [r[0] for r in conn.execute(
+                f"SELECT {uid_sql} FROM events WHERE id <= ? ORDER BY id", (through,))]
             events = conn.execute("DELETE FROM events WHERE id <= ?", (through,)).rowcount
             floor = conn.execute(
                 "SELECT MIN(m) FROM (SELECT MIN(release_id) AS m FROM events UNION ALL "
@@ -84,13 +89,9 @@ class CountersMixin:
                     f"({','.join('?' * len(keep)) or 'NULL'})", (floor, *keep)).rowcount
             conn.execute("UPDATE compactions SET events_removed = ?, releases_removed = ?"
                          " WHERE id = last_insert_rowid()", (events, releases))
-            oldest = conn.execute("SELECT * FROM events ORDER BY id LIMIT 1").fetchone()
-            oldest_uid = None
-            if oldest is not None:
-                oldest_uid = dict(oldest).get("uid") or f"db-{oldest['id']}"
             self._changed({
                 "t": "compaction", "at": utcnow(), "through_event_id": through,
-                "oldest_kept_uid": oldest_uid,
+                "removed_uids": removed,
                 "release_floor": floor, "kept_below_floor": keep, "counts": counts,
                 "events_removed": events, "releases_removed": releases})
         return events, releases

@@ -145,3 +145,26 @@ def test_sync_reads_from_its_mark_and_still_finds_what_the_journal_missed(
     assert _mark(store.state_path)[1] == 302
     assert statefile.sync(state, store) == []
     state.close()
+
+
+def test_collect_applies_compaction_and_checkpoint_lines() -> None:
+    """A compaction line drops exactly the events it names (journal order need not be id
+    order: degraded lines are imported later) and release rows below its floor not on
+    disk; its counts, on top of a checkpoint's, become the compacted counters."""
+    rel = {"sha256": "a" * 64, "size": 1, "status": "good", "created_at": "t"}
+    entries = [
+        {"t": "checkpoint", "counters": {"compacted:publish:published": 5}},
+        release_entry(1, **rel), release_entry(2, **rel), release_entry(3, **rel),
+        _event("e1", "publish", 1), _event("e2", "publish", 2), _event("e3", "publish", 3),
+        {"t": "compaction", "removed_uids": ["e2", "e1"], "release_floor": 3,
+         "kept_below_floor": [1], "counts": {"publish:published": 2}},
+        _event("e4", "rollback", 1),
+    ]
+    out = rebuild.collect(entries, {})
+    assert [e["uid"] for e in out.events] == ["e3", "e4"]
+    assert sorted(out.releases) == [1, 3]
+    assert out.counters == {"compacted:publish:published": 7}
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(SCHEMA)
+    rebuild.write_into(conn, out)
+    assert conn.execute("SELECT value FROM counters").fetchall() == [(7,)]
