@@ -1,6 +1,8 @@
 """A real S3-compatible server for tests: SeaweedFS `weed mini` on 127.0.0.1.
 
-`weed mini` runs master, volume, filer and the S3 gateway in one process. Every port it
+`weed mini` runs master, volume, filer and the S3 gateway in one process (its own process
+group, killed whole by stop(), and SIGKILLed by the kernel if the process that started
+it dies first: no `weed` outlives a test worker). Every port it
 would open is set to a free one (tests run in parallel) and the admin UI is off. The
 data folder is a temporary directory; stop() ends the process and start() after stop()
 brings the same server back on the same ports with the same data (outage tests).
@@ -34,6 +36,22 @@ PORT_FLAGS = (
 # any key works without IAM configured; boto3 needs some (its standard chain reads these)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsecret",
                "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies, so a
+    test worker killed by a timeout or a crash never leaves a `weed` behind."""
+    import ctypes  # noqa: PLC0415
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def weed_binary() -> str | None:
@@ -90,7 +108,8 @@ class WeedServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.data_dir,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env,
+                                     preexec_fn=_die_with_parent)
         log.close()
         try:
             self._wait_ready(timeout)
@@ -138,19 +157,19 @@ class WeedServer:
                           retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
     def stop(self, *, graceful: bool = True) -> None:
-        """graceful=False: SIGKILL (end of session: the data folder is thrown away)."""
+        """graceful=False: SIGKILL (end of session: the data folder is thrown away).
+        The whole process group goes (weed's own children too), even when the leader
+        has already exited; SIGKILL after 10 s of SIGTERM."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        except ProcessLookupError:
-            return
+        _signal_group(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            pass
+        _signal_group(proc.pid, signal.SIGKILL)  # stragglers in the group; no-op if none
+        proc.wait(timeout=10)
 
     def __enter__(self) -> WeedServer:
         self.start()
