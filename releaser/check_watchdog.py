@@ -48,6 +48,8 @@ class CheckWatchdog:
 
     def extend(self, seconds: float) -> None:
         """At least this long from now (an analysis tick may hold the single worker)."""
+        if self._faulted:  # a fault is final: an analysis tick must not revive the pings
+            return
         self._deadline = max(self._deadline, time.monotonic() + seconds)
 
     def notify_after_check(self, status_line: str) -> None:

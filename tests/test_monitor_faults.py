@@ -115,3 +115,18 @@ def test_monitor_leaving_a_stuck_check_still_delivers_webhooks_in_flight(
     finally:
         rec.server.shutdown()
         rec.server.server_close()
+
+
+def test_a_fault_is_final_even_for_an_analysis_tick(env: Env) -> None:
+    """After a fault, neither a check's arm() nor an analysis tick's extend() feeds it."""
+    from releaser.check_watchdog import CheckWatchdog
+    from releaser.config import load_config
+
+    wd = CheckWatchdog(load_config(env.config))
+    wd.extend(60)
+    assert wd.completing()
+    wd.fault()
+    assert not wd.completing()
+    wd.arm(60)
+    wd.extend(60)
+    assert not wd.completing()
