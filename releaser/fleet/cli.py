@@ -214,6 +214,10 @@ def status(channel: str | None, as_json: bool) -> None:
                    f"{r['max_failures']} failures"
                    + (f", next wave at {r['bake_until']}" if r.get("bake_until") else "")
                    + (f": {'; '.join(r['reasons'])}" if r["reasons"] else ""))
+        if r.get("inconclusive"):
+            click.echo(f"  `releaser fleet resume --channel {result['channel']}` accepts the "
+                       "inconclusive analysis of " + ", ".join(r["inconclusive"])
+                       + " and lets the waves go on")
     for h in result["hosts"]:
         applied = (h.get("applied_sha256") or "-")[:12]
         reasons = f"  {'; '.join(h.get('reasons') or [])}" if h.get("reasons") else ""

@@ -48,7 +48,7 @@ def test_a_canary_whose_error_rate_rises_halts_the_rollout(fleet: Fleet,
                                                           prom_stack: Stack) -> None:
     names = ["wa-canary", "wa-app1"]
     toml = analysis_toml(prom_stack.prom.url, ERROR_RATE, interval_s=1,
-                         inconclusive_limit=6)  # no data until two scrapes of the release
+                         inconclusive_limit=10)  # no data until two scrapes of the release
     hosts = [fleet.host(n, extra=toml) for n in names]
     canary = hosts[0]
     vhost = prom_stack.app.add_host(canary.name, canary.live)
@@ -121,6 +121,8 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     assert "inconclusive 2 of 2" in canary.cli("status").stdout
     text = fleet.build.cli("fleet", "status", "--channel", "staging").stdout
     assert "rollout: paused" in text and "analysis inconclusive 2 of 2" in text
+    assert "fleet resume --channel staging` accepts the inconclusive analysis of " \
+        f"{canary.name}" in text
 
     resumed = fleet.fleet_json("resume", "--channel", "staging", "--note", "prom down")
     assert resumed["accepted"] == [canary.name]
