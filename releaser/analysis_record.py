@@ -96,6 +96,8 @@ def describe(record: dict[str, Any] | None, now: float | None = None) -> str:
     limit = record.get("inconclusive_limit")
     unsure = max((int(e.get("inconclusive") or 0) for e in entries), default=0)
     unsure_note = f", inconclusive {unsure} of {limit}" if unsure else ""
+    if outcome == RUNNING and record.get("until") is None:
+        return "starting (no evaluation yet)"
     if outcome == RUNNING:
         until = parse_iso(record.get("until"))
         now = datetime.now(UTC).timestamp() if now is None else now

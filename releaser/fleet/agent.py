@@ -294,7 +294,8 @@ class Agent:
                   applied_seq=self.state.applied_seq, reasons=reasons, last_seen=_now(),
                   bytes_downloaded=downloaded,
                   bytes_downloaded_total=self.state.downloaded_total,
-                  healthy_since=since, analysis=bakes.record_for(self, target))
+                  healthy_since=since,
+                  analysis=bakes.record_for(self, target, live=live == target))
         self.state.last = asdict(ack)
         self._save()
         try:

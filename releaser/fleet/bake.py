@@ -125,12 +125,26 @@ def bake_for(agent: Agent, plan: Plan, target: str) -> Bake | None:
     return bake
 
 
-def record_for(agent: Agent, target: str | None) -> dict[str, Any] | None:
-    """The analysis record to put in an ack about `target` (None: none ran for it)."""
+def record_for(agent: Agent, target: str | None, *, live: bool = False
+               ) -> dict[str, Any] | None:
+    """The analysis record to put in an ack about `target` (None: none runs for it).
+
+    live: target is live here. Under a wave plan, a host that will analyse its bake says
+    so from its very first `applied` ack (outcome running, no evaluation yet): without
+    it, judge() would count the host ready, and agents that then saw the rollout
+    complete would stop reading acks before this analysis could fail."""
     bake: Bake | None = getattr(agent, "bake", None)
     if target is None or not analysis.enabled(agent.config.analysis):
         return None
-    if bake is not None and bake.key[1] == target:
+    if bake is not None and bake.key[1] == target and bake.record is not None:
         return bake.record
     old = analysis_record.load(agent.config.root, "agent")  # after a restart
-    return old if old is not None and old.get("sha256") == target else None
+    if old is not None and old.get("sha256") == target:
+        return old
+    current = agent.current
+    if (live and current is not None and current.plan is not None
+            and current.release_sha256 == target):
+        return {"who": "agent", "release_id": None, "outcome": RUNNING, "since": None,
+                "until": None, "inconclusive_limit": agent.config.analysis.inconclusive_limit,
+                "reasons": [], "entries": []}
+    return None

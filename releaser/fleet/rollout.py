@@ -91,8 +91,8 @@ def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
             record = bake.tick(agent.config.root)
             if record["outcome"] == "fail":
                 return _analysis_failed(agent, pointer, digest, record)
-        if j.state == "complete":
-            gate.complete.add(plan.start_seq)
+        if j.state == "complete" and (bake is None or bake.done):
+            gate.complete.add(plan.start_seq)  # (j saw this host's ack before the tick)
         return _quiet(agent, "applied", pointer, digest, [])
     if last.get("target_sha256") == target and last.get("state") in ("rejected", "reverted"):
         return agent._report_idle([])  # refused here once: not retried every poll
@@ -150,7 +150,9 @@ def _quiet(agent: Agent, state: str, pointer: Pointer, digest: str,
     last = agent.state.last
     if (last.get("state") == state and last.get("reasons") == reasons
             and last.get("pointer") == digest
-            and last.get("analysis") == bakes.record_for(agent, pointer.release_sha256)):
+            and last.get("analysis") == bakes.record_for(
+                agent, pointer.release_sha256,
+                live=local.live_sha256(agent.config) == pointer.release_sha256)):
         return agent._report_idle([])
     return agent._ack(state, pointer, reasons, target=pointer.release_sha256,
                       digest=digest)

@@ -132,9 +132,13 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     fleet.stop_all()
 
 
-def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet) -> None:
+def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet,
+                                                         prom_stack: Stack) -> None:
     bake = 8.0
-    canary, app = fleet.host("wr-canary"), fleet.host("wr-app")
+    canary = fleet.host("wr-canary")
+    # the second wave's host analyses its bake too (vector(0): always a pass)
+    app = fleet.host("wr-app", extra=analysis_toml(prom_stack.prom.url, "vector(0)",
+                                                  interval_s=1, inconclusive_limit=3))
     _first(fleet, [canary, app])
     second = _push_canary(fleet, "two.db", canary.name, bake=bake)
     seen: set[str] = set()
@@ -165,4 +169,30 @@ def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet) -> None:
     assert since >= until
     assert since < restarted + bake, (since - restarted, bake)
     assert seen == {reason}  # the same end of the bake, before and after the restart
+
+    # restarted during its own bake analysis: same healthy_since, same window, and
+    # the evaluations counted before the restart still count
+    def analysis(evaluated_after: float = 0.0, at_least: int = 0) -> dict | None:
+        a = fleet.acks()[app.name]["analysis"]
+        if not a or a["outcome"] != "running" or not a["entries"]:
+            return None  # (its first ack says `running` before any evaluation)
+        [entry] = a["entries"]
+        last_at = parse_iso((entry["last"] or {}).get("at")) or 0.0
+        ok = entry["evaluations"] >= at_least and last_at > evaluated_after
+        return a if ok else None
+
+    before = wait_for("3 evaluations", lambda: analysis(at_least=3), timeout=20)
+    app.stop_agent()
+    stopped = time.time()
+    app.start_agent()
+    after = wait_for("an evaluation after the restart", lambda: analysis(stopped),
+                     timeout=20)
+    assert (after["since"], after["until"]) == (before["since"], before["until"])
+    assert parse_iso(after["since"]) == since
+    assert after["entries"][0]["evaluations"] > before["entries"][0]["evaluations"]
+    assert fleet.acks()[app.name]["healthy_since"] == ack["healthy_since"]
+    wait_for("the rollout complete", lambda: _rollout(fleet)["state"] == "complete",
+             timeout=30)
+    done = fleet.acks()[app.name]["analysis"]
+    assert done["outcome"] == "pass" and parse_iso(done["until"]) == since + bake
     fleet.stop_all()
