@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from releaser.cli import cli
+from tests import sample
 from tests.promserver import prom_stack  # noqa: F401 - a session fixture (analysis)
 from tests.sample import write_sample
 
@@ -110,6 +111,18 @@ class Env:
             "live_sha": self.live_sha(),
             "slots": slots,
         }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sample_builds_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each sample build is generated once per session and copied (see tests/sample.py).
+
+    Under xdist the folder is the session's, shared by its workers (pytest-N/).
+    """
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "sample-builds"
+    folder.mkdir(exist_ok=True)
+    sample.cache_dir = folder
 
 
 @pytest.fixture
