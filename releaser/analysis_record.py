@@ -11,8 +11,9 @@ The same shape is in a fleet agent's ack (`analysis`), so `releaser status` and
 Invariants:
 - Records are reports, never the store's state: each runner (the publish's verify
   window, the monitor's watch, the fleet agent's bake) writes only its own file,
-  ROOT/analysis/WHO.json, as a new file, fsynced and renamed into place, so a
-  reader sees the old record or the new one. Writing one never takes the store's
+  ROOT/analysis/WHO.json, as a new file (0664, in a 2775 folder like the rest of
+  the store), fsynced and renamed into place, so a reader sees the old record or
+  the new one. Writing one never takes the store's
   lock and a failure to write one is logged and changes nothing.
 - Only the fleet agent reads its own record back (restore(): a restarted agent
   continues its bake's counts instead of starting them again); nothing reverts or
@@ -28,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .access import SHARED_FILE_MODE, make_dir
+from .errors import ReleaserError
 from .files import fsync_dir
 
 if TYPE_CHECKING:
@@ -131,15 +134,18 @@ def save(root: Path, record: dict[str, Any]) -> None:
     path = where / f"{who}.json"
     tmp = where / f".{who}.json.tmp"
     try:
-        where.mkdir(exist_ok=True)
+        # the store's modes (access.py): publishers and the monitor's user share it
+        make_dir(where)
         with open(tmp, "w") as fh:
+            os.fchmod(fh.fileno(), SHARED_FILE_MODE)
             json.dump(record, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(where)
-    except OSError as exc:
-        log.warning("cannot record the analysis in %s: %s", path, exc)
+    except (OSError, ReleaserError) as exc:
+        log.warning("cannot record the analysis in %s: %s", path,
+                    getattr(exc, "message", None) or exc)
 
 
 def load(root: Path, who: str) -> dict[str, Any] | None:
