@@ -9,6 +9,8 @@ hold the release (slot or archive) switch with no download.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import channel as channels
@@ -20,19 +22,24 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
-def pick_target(history: list[tuple[Pointer, str]], to_seq: int | None) -> Pointer:
-    current = history[0][0]
+def pick_target(history: Iterable[tuple[Pointer, str]], to_seq: int | None) -> Pointer:
+    """Reads the chain (newest first) only as far as the target: each step back is a GET
+    and a signature check, so a rollback costs the distance, not the channel's age."""
+    chain = iter(history)
+    current = next(chain)[0]
     if to_seq is not None:
-        for pointer, _digest in history:
+        for pointer, _digest in itertools.chain([(current, "")], chain):
             if pointer.seq == to_seq:
                 if pointer.release_sha256 == current.release_sha256:
                     raise NothingThere(f"seq {to_seq} named the release the channel already "
                                        "has")
                 return pointer
+            if pointer.seq < to_seq:
+                break  # seqs only fall going back
         raise NothingThere(f"channel {current.channel!r} has no seq {to_seq} in its history; "
                            "see `releaser fleet releases`")
     skip = {current.release_sha256}
-    for pointer, _digest in history:
+    for pointer, _digest in itertools.chain([(current, "")], chain):
         if pointer.reverts:
             skip.add(pointer.reverts)
         if pointer.release_sha256 not in skip:
@@ -49,8 +56,7 @@ def rollback(config: Config, *, channel: str | None, to_seq: int | None, actor: 
     start = channels.read(bucket, name, trusted)
     if start.pointer is None:
         raise NothingThere(f"channel {name!r} has no pointer yet; nothing to roll back")
-    chain = list(channels.history(bucket, name, trusted, start))
-    target = pick_target(chain, to_seq)
+    target = pick_target(channels.history(bucket, name, trusted, start), to_seq)
     left = start.pointer.release_sha256
 
     def make(current: channels.Current) -> Pointer:
