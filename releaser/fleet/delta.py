@@ -18,8 +18,8 @@ zstd error, timeout) returns None: the caller falls back to the full file. The b
 never written (it is only read).
 
 Memory is bounded by segments.py's segment and region sizes, not by the file: measured on
-the 968 MB bench rebuild, 270 MiB peak RSS making and 194 MiB applying, where one
-whole-file `zstd --patch-from --long=31` took 2.95 GB and 1.94 GB (bookworm's zstd 1.5.4
+the 968 MB bench rebuild, 269 MiB peak RSS making and 194 MiB applying, where one
+whole-file `zstd --patch-from --long=31` took 2840 and 1850 MiB (bookworm's zstd 1.5.4
 reads the whole base into memory and has no --mmap-dict; python-zstandard copies a
 raw-content dictionary too: a 300 MB base gave 584 MB RSS). bench/fleet_bench.py prints
 these figures beside their floor.

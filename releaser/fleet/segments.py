@@ -12,9 +12,12 @@ Why: one `zstd --patch-from` over a whole 1 GB base holds the base and a 1 GB wi
 (measured: 2.95 GB peak making the patch, 1.94 GB applying it). Debian bookworm's zstd
 1.5.4 has no --mmap-dict (1.5.5+), and even with it the decoder's window stays as large
 as the file. Per segment a zstd process holds REGION + one segment's window: measured
-on the 968 MB bench rebuild (64 MiB segments, 16 MiB margin): 270 MiB making, 194 MiB
-applying, and the patch was smaller (0.63 % of raw vs 4.7 % whole-file, 1 % of rows
-updated, stable ids; 3.9 % with 0.5 % deleted + 0.5 % inserted).
+on the 968 MB bench rebuild (64 MiB segments, 16 MiB margin; bench/fleet_bench.py):
+269 MiB peak making, 194 MiB applying, where one whole-file patch took 2840 / 1850 MiB;
+the patch is about as small (1 % of rows updated, stable ids: 0.63 % of raw vs 0.61 %
+whole-file; 3.9 % with 0.5 % deleted + 0.5 % inserted). The cost: bytes that moved
+farther than MARGIN between builds are not found (both builds are VACUUMed rebuilds in
+the intended use, so rows stay near the same relative place).
 
 Invariants:
 - BASE is only read. zstd needs a regular file for --patch-from, so each REGION is copied
