@@ -96,17 +96,18 @@ class Webhook(HttpTarget):
     """[[notify.webhook]]: a JSON POST for each event that matters."""
 
     # which actions to send (reject, publish, rollback, auto-revert,
-    # fleet-rollout-aborted); empty means all
+    # fleet-rollout-aborted, fleet-rollout-paused); empty means all
     events: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # fleet-rollout-aborted: sent by agents (releaser/fleet/rollout.py)
+        # fleet-rollout-*: sent by agents (releaser/fleet/rollout.py)
         unknown = sorted(set(self.events) - {"reject", "publish", "rollback", "auto-revert",
-                                             "fleet-rollout-aborted"})
+                                             "fleet-rollout-aborted", "fleet-rollout-paused"})
         if unknown:
             raise ValueError(f"events: unknown action {unknown[0]!r} (known: reject, publish, "
-                             "rollback, auto-revert, fleet-rollout-aborted)")
+                             "rollback, auto-revert, fleet-rollout-aborted, "
+                             "fleet-rollout-paused)")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ step() runs each poll while the channel's pointer carries a plan:
   live on the release: its bake analysis (bake.py) evaluates what is due; a failure
       sends this host back (local auto-revert, ack `reverted`).
   paused (by `fleet pause`, or derived: a host's analysis was inconclusive): nothing
-      new is applied.
+      new is applied; the derived pause sends a fleet-rollout-paused webhook once.
   this host's wave not open yet: its earlier waves are not all ready, or the last of
       them became healthy less than bake_s ago by their acks' healthy_since (judge()),
       so an agent restarted mid-bake waits only for the rest of it: ack `waiting`
@@ -56,6 +56,7 @@ class Gate:
         self.notified: set[int] = set()
         self.aborted: dict[int, list[str]] = {}  # start_seq -> reasons
         self.complete: set[int] = set()
+        self.paused: set[int] = set()  # paused by an inconclusive analysis: notified
 
 
 def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
@@ -97,6 +98,10 @@ def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
     if last.get("target_sha256") == target and last.get("state") in ("rejected", "reverted"):
         return agent._report_idle([])  # refused here once: not retried every poll
     if j.state == "paused":
+        if j.inconclusive and plan.start_seq not in gate.paused:
+            gate.paused.add(plan.start_seq)  # once per rollout (per agent that waits)
+            _notify(agent, target, j.reasons, action="fleet-rollout-paused",
+                    outcome="paused")
         return _quiet(agent, "waiting", pointer, digest,
                       ["rollout paused" + (f": {'; '.join(j.reasons)}"
                                            if j.inconclusive else "")])
@@ -188,19 +193,20 @@ def _aborted(agent: Agent, pointer: Pointer, digest: str, plan: Plan, live: str 
                       downloaded=downloaded)
 
 
-def _notify(agent: Agent, target: str, reasons: list[str]) -> None:
+def _notify(agent: Agent, target: str, reasons: list[str], *,
+            action: str = "fleet-rollout-aborted", outcome: str = "aborted") -> None:
     try:
         from .. import notify
 
         cfg = getattr(agent.config, "notify", None)
         if cfg is not None:
             notify.send(cfg, notify.payload(
-                "fleet-rollout-aborted", "aborted",
+                action, outcome,
                 release={"sha256": target, "channel": agent.channel,
                          "host_id": agent.host_id}, reasons=reasons,
                 live_path=str(agent.config.live_path)))
     except Exception as exc:  # noqa: BLE001 - a notification never changes an outcome
-        log.warning("rollout abort notification failed: %s", exc)
+        log.warning("rollout %s notification failed: %s", outcome, exc)
 
 
 __all__: list[Any] = ["step"]

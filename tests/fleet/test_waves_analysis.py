@@ -10,6 +10,7 @@ import time
 from releaser.analysis_record import parse_iso
 from tests.fleet.fleetenv import Fleet, Host, wait_for
 from tests.promserver import Fault, LoadGen, Stack, free_port
+from tests.test_notify import Receiver
 
 # the share of 5xx answers of the release live on the agent's own host ({host} is the
 # agent's host_id, {release_id} its local id of the release), over 5 s
@@ -94,7 +95,10 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     toml = analysis_toml(f"http://127.0.0.1:{free_port()}", "vector(0)", interval_s=0.3,
                          inconclusive_limit=2)
     canary = fleet.host("wi-canary", extra=toml)
-    others = [fleet.host("wi-app1")]  # no analysis of its own
+    receiver = Receiver()
+    hook = (f'[[notify.webhook]]\nurl = "{receiver.url}"\n'
+            'events = ["fleet-rollout-paused"]\n')
+    others = [fleet.host("wi-app1", extra=hook)]  # no analysis of its own
     hosts = [canary, *others]
     first = _first(fleet, hosts)
     second = _push_canary(fleet, "two.db", canary.name, bake=1)
@@ -107,6 +111,12 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     time.sleep(1.2)  # past the 1 s bake (it began before the pause): paused, not baking
     assert all(h.live_sha() == first["sha256"] for h in others)
     assert "rollout paused" in fleet.acks()[others[0].name]["reasons"][0]
+    [event] = receiver.wait_for(1)  # the waiting host tells on-call, once
+    assert (event["action"], event["outcome"]) == ("fleet-rollout-paused", "paused")
+    assert event["release"]["sha256"] == second["sha256"]
+    assert canary.name in event["reasons"][0] and "inconclusive" in event["reasons"][0]
+    receiver.server.shutdown()
+    receiver.server.server_close()
     # never a revert: the canary keeps the release
     assert canary.live_sha() == second["sha256"]
     assert not [e for e in canary.cli_json("history") if e["action"] == "auto-revert"]
