@@ -5,6 +5,13 @@ removed by compaction (`[history] keep_events`) and trimmed health check rows ar
 counted in `counters` first, so metrics never go backwards. Compaction records in
 `compactions` up to which event id it removes before removing anything; the
 trigger on events lets only events at or below the newest such mark go.
+
+count_events costs the same at any history size: events up to `events_folded_through`
+are totalled in `events:<action>:<outcome>` counters (fold_event_totals, by a writer
+every FOLD_EVERY events and before every compaction), so only the newer ones are
+counted row by row, by id range. `compacted:<action>:<outcome>` holds what a
+compaction removed before it was folded (stores from before folding, and state.db
+rebuilt from the journal's compaction and checkpoint lines); the two never overlap.
 """
 
 from __future__ import annotations
@@ -17,6 +24,11 @@ from typing import Any
 from .records import utcnow
 from .state_schema import ANALYSIS_COUNTER, HEALTH_CHECKS_KEPT
 
+# the counters row holding the newest event id the events:* totals include
+FOLDED_THROUGH = "events_folded_through"
+# a writer folds the newer events into the totals once there are this many
+FOLD_EVERY = 256
+
 
 class CountersMixin:
     conn: sqlite3.Connection
@@ -28,23 +40,51 @@ class CountersMixin:
         raise NotImplementedError
 
     def count_events(self, action: str, outcomes: tuple[str, ...] | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM events WHERE action=?"
-        params: tuple[Any, ...] = (action,)
+        """Every event of action (with one of outcomes) ever recorded, compacted or not."""
+        through = self.counter(FOLDED_THROUGH)
+        sql = "SELECT COUNT(*) FROM events WHERE id > ? AND +action = ?"
+        params: tuple[Any, ...] = (through, action)
         if outcomes:
-            sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
+            sql += f" AND +outcome IN ({','.join('?' * len(outcomes))})"
             params += outcomes
-        n = int(self.conn.execute(sql, params).fetchone()[0])
-        # events removed by compaction still count (metrics are monotonic)
-        like = [f"compacted:{action}:{o}" for o in outcomes] if outcomes else None
-        if like:
-            row = self.conn.execute(
-                f"SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
-                f"({','.join('?' * len(like))})", like).fetchone()
-        else:
-            row = self.conn.execute(
-                "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE ?",
-                (f"compacted:{action}:%",)).fetchone()
-        return n + int(row[0])
+        n = int(self.conn.execute(sql, params).fetchone()[0])  # by rowid: the unfolded
+        for prefix in ("events", "compacted"):
+            if outcomes:
+                names = [f"{prefix}:{action}:{o}" for o in outcomes]
+                row = self.conn.execute(
+                    f"SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
+                    f"({','.join('?' * len(names))})", names).fetchone()
+            else:
+                row = self.conn.execute(
+                    "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE ?",
+                    (f"{prefix}:{action}:%",)).fetchone()
+            n += int(row[0])
+        return n
+
+    def fold_event_totals(self, min_new: int = FOLD_EVERY) -> int:
+        """Add the events after events_folded_through to the events:* totals, when there
+        are at least min_new of them (a writer, in or out of a transaction). Cost: the
+        new events, by id range. Returns how many were folded."""
+        through = self.counter(FOLDED_THROUGH)
+        newest = self.conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        if newest <= through or newest - through < min_new:
+            return 0
+        if not self.conn.in_transaction:
+            with self.transaction():
+                return self.fold_event_totals(min_new)
+        folded = 0
+        for action, outcome, n in self.conn.execute(
+                "SELECT action, outcome, COUNT(*) FROM events WHERE id > ? AND id <= ?"
+                " GROUP BY action, outcome", (through, newest)).fetchall():
+            folded += n
+            self.conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET value = value + excluded.value",
+                (f"events:{action}:{outcome}", n))
+        self.conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET value = excluded.value", (FOLDED_THROUGH, newest))
+        return folded
 
     def compact(self, keep_events: int, on_disk: set[int]) -> tuple[int, int]:
         """Remove all but the newest keep_events events, and release rows no kept event
@@ -61,14 +101,15 @@ class CountersMixin:
             oldest = conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
             if oldest is None or through < oldest:
                 return 0, 0
+            # every event is in the events:* totals before any goes, so the metrics
+            # keep counting it; the journal line carries the removed counts (a
+            # rebuild has no totals of its own: they become compacted:* there)
+            self.fold_event_totals(min_new=1)
             counts: dict[str, int] = {}
             for action, outcome, n in conn.execute(
                     "SELECT action, outcome, COUNT(*) FROM events WHERE id <= ?"
                     " GROUP BY action, outcome", (through,)).fetchall():
                 counts[f"{action}:{outcome}"] = n
-                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name)"
-                             " DO UPDATE SET value = value + excluded.value",
-                             (f"compacted:{action}:{outcome}", n))
             conn.execute("INSERT INTO compactions (at, through_event_id, events_removed,"
                          " releases_removed) VALUES (?, ?, 0, 0)", (utcnow(), through))
             # the journal's names of the events removed: a rebuild drops exactly these

@@ -125,3 +125,34 @@ def _totals(env: Env) -> dict[str, int]:
                 "rollback": state.count_events("rollback", ("ok",))}
     finally:
         state.close()
+
+
+def test_event_totals_fold_and_compaction_never_double_count(tmp_path) -> None:
+    """count_events is the number of events ever recorded, however they are split between
+    rows, the folded events:* totals and compacted:* counters (in-process: 700 events)."""
+    from releaser.state_counters import FOLD_EVERY
+
+    state = StateDB(tmp_path / "state.db")
+    actions = [("publish", "published"), ("reject", "rejected"), ("rollback", "ok")]
+    made: dict[tuple[str, str], int] = {a: 0 for a in actions}
+
+    def check() -> None:
+        for action, outcome in actions:
+            assert state.count_events(action, (outcome,)) == made[(action, outcome)]
+            assert state.count_events(action) == made[(action, outcome)]
+
+    for i in range(700):
+        action, outcome = actions[i % 7 % 3]
+        state.add_event(action, actor="t", outcome=outcome)
+        made[(action, outcome)] += 1
+        if i in (FOLD_EVERY + 3, 600):
+            check()
+            assert state.fold_event_totals() > 0  # folded: counted by totals from now on
+            check()
+            assert state.fold_event_totals() == 0
+        if i in (300, 650):
+            state.compact(50, on_disk=set())
+            check()
+    assert state.counter("events_folded_through") > 600
+    check()
+    state.close()
