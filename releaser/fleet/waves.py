@@ -220,7 +220,7 @@ def judge(plan: Plan, release: str, acks: list[dict[str, Any]],
             continue
         if plan.manual or not all(h in ready for h in before):
             break
-        opens = max((since[h] for h in before), default=now) + plan.bake_s
+        opens = max((since[h] for h in before), default=now - plan.bake_s) + plan.bake_s
         if opens > now:
             bake_until = opens
             break
