@@ -23,6 +23,9 @@ a smaller database (--agent-rows; every agent holds its own store):
   with where the time goes (the command, the poll wait, the local switch, the ack);
   wave gating: the acks one waiting agent reads each poll with --ack-hosts hosts
   (objects and ms per poll).
+Part C (--agent-large): one real `releaser agent --once` on the large database, first
+the full file, then the 1 %-updated build as a delta: bytes and the agent's peak RSS
+(download, segment rebuild and the publish gates together).
 Prints each figure next to its floor/target and `uptime`'s load; writes
 bench-results/fleet-latest.json.
 """
@@ -327,6 +330,64 @@ def part_b(rows: int, agents: int, rollbacks: int, ack_hosts: int) -> dict[str, 
         shutil.rmtree(work, ignore_errors=True)
 
 
+def part_c(rows: int) -> dict[str, object]:
+    """One real `releaser agent --once` taking the 1 %-updated large build as a delta:
+    peak RSS of the whole agent (download, rebuild, the publish gates), bytes."""
+    from releaser.fleet.bucket import Bucket
+    from tests.conftest import RELEASER_BIN
+    from tests.fleet.fleetenv import Fleet
+    from tests.s3server import CREDENTIALS, WeedServer
+
+    for k, v in CREDENTIALS.items():
+        os.environ.setdefault(k, v)
+    work = Path(tempfile.mkdtemp(prefix="fleet-large-", dir=OUT))
+    server = WeedServer(work / "weed")
+    server.start()
+    try:
+        url = "s3://releases/large"
+        fleet = Fleet(tmp=work, url=url, endpoint=server.endpoint_url,
+                      bucket=Bucket(url, endpoint_url=server.endpoint_url,
+                                    region="us-east-1"),
+                      key=work / "fleet.key", pub=work / "fleet.pub")
+        host = fleet.host("big0", poll_s=1.0)
+        for cfg in (host.config, fleet.build.config):  # gate queries on 1 GB take seconds
+            text = cfg.read_text()
+            cfg.write_text(text.replace("query_timeout_ms = 5000", "query_timeout_ms = 60000"))
+        base = rebuilt(candidate(rows, 1))
+        new = updated(base)
+        once = [str(RELEASER_BIN), "--config", str(host.config), "agent", "--once"]
+        fleet.push(base, note="base")
+        full_s, full_rss = timed_child(once)
+        full_bytes = fleet.acks()["big0"]["bytes_downloaded"]
+        t0 = time.perf_counter()
+        second = fleet.push(new, note="1 % updated")
+        push_s = time.perf_counter() - t0
+        delta_s, delta_rss = timed_child(once)
+        ack = fleet.acks()["big0"]
+        assert ack["applied_sha256"] == second["sha256"], ack
+        return {"rows": rows, "raw": new.stat().st_size, "push_s": push_s,
+                "full_bytes": full_bytes, "full_s": full_s, "full_rss_kib": full_rss,
+                "delta_bytes": ack["bytes_downloaded"], "delta_s": delta_s,
+                "delta_rss_kib": delta_rss, "load": load()}
+    finally:
+        server.stop(graceful=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_c(c: dict[str, object]) -> bool:
+    raw = int(c["raw"])  # type: ignore[call-overload]
+    ok = int(c["delta_rss_kib"]) * 1024 < raw  # type: ignore[call-overload]
+    print(f"\n== one real agent, {c['rows']} rows ({raw / 1e6:.0f} MB), load {c['load']} ==")
+    print(f"agent --once taking the delta: {int(c['delta_bytes']) / 1e6:.2f} MB downloaded "  # type: ignore[call-overload]
+          f"({100 * int(c['delta_bytes']) / raw:.2f} % of raw), {c['delta_s']:.1f} s, "  # type: ignore[call-overload]
+          f"peak RSS {int(c['delta_rss_kib']) / 1024:.0f} MiB   target < the file   "  # type: ignore[call-overload]
+          f"{'OK' if ok else 'MISSED'}")
+    print(f"  the first (full) download: {int(c['full_bytes']) / 1e6:.1f} MB, "  # type: ignore[call-overload]
+          f"{c['full_s']:.1f} s, peak RSS {int(c['full_rss_kib']) / 1024:.0f} MiB; "  # type: ignore[call-overload]
+          f"the push making the delta: {c['push_s']:.1f} s")
+    return ok
+
+
 def _median(xs: list[float]) -> float:
     ys = sorted(xs)
     return ys[len(ys) // 2] if len(ys) % 2 else (ys[len(ys) // 2 - 1] + ys[len(ys) // 2]) / 2
@@ -380,6 +441,8 @@ def main() -> int:
     ap.add_argument("--whole", action="store_true", help="also one whole-file patch (~3 GB)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--agent-large", action="store_true",
+                    help="also one real agent taking the large build as a delta")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     results: dict[str, object] = {}
@@ -391,6 +454,9 @@ def main() -> int:
         results["fleet"] = b = part_b(args.agent_rows, args.agents, args.rollbacks,
                                       args.ack_hosts)
         ok = print_b(b) and ok
+    if args.agent_large:
+        results["agent_large"] = c = part_c(args.rows)
+        ok = print_c(c) and ok
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for name in (f"fleet-{stamp}.json", "fleet-latest.json"):
         (OUT / name).write_text(json.dumps(results, indent=1))
