@@ -17,21 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import analysis, gates, health, hooks, journal_compact, signals
+from . import analysis, gates, health, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
 from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
-from .journal import Journal
 from .postswap import SWAPPING, check_after_swap, undo_interrupted_swap
 from .preflight import hot_journal, preflight_source, source_sidecar_warnings
 from .progress import phase
 from .recover import reconcile
 from .results import PublishResult
+from .retention import compact_history, prune_archive
 from .schema_gates import add_schema_gates
 from .session import Context, ensure_live_is_ours, open_store, previous_release
 from .staging import ProgressFn, SourceChanged, SourceUnreadable, Staged, sha256_file
 from .state import Release
-from .store import SLOTS, FileIdentity
+from .store import FileIdentity
 
 log = logging.getLogger("releaser.publish")
 
@@ -370,33 +370,3 @@ def _diff_vs_live(staged: Path, source: Path, ctx: Context, live_id: int | None
                                   ctx.config)
     except ReleaserError as exc:  # the gate report says why; the diff is only a view
         return {"error": exc.message}
-
-
-def compact_history(ctx: Context) -> tuple[int, int]:
-    """[history] keep_events: drop the oldest events (and release rows none of the kept
-    ones names, not on disk); a cost of the rows removed, so flat per publish. The
-    journal is rotated to a checkpoint past journal_max_bytes (journal_compact.py)."""
-    keep = ctx.config.history.keep_events
-    if keep <= 0:
-        return 0, 0
-    on_disk = {rid for s in SLOTS for rid in ctx.store.slot_files(s)}
-    on_disk |= ctx.store.archived_ids()
-    removed = ctx.state.compact(keep, on_disk)
-    if removed != (0, 0):
-        log.info("history: compacted %d events and %d release rows (keep_events = %d)",
-                 *removed, keep)
-        journal = Journal(ctx.store.root)
-        if journal_compact.due(journal, ctx.config.history.journal_max_bytes):
-            try:
-                journal_compact.rotate(journal)
-            except OSError as exc:  # the old journal stands whole; the next publish retries
-                log.warning("%s: cannot rotate the journal: %s", journal.path, exc)
-    return removed
-
-
-def prune_archive(ctx: Context) -> list[int]:
-    """Keep the newest keep_releases good releases plus live and idle; bad ones use no place."""
-    store, state = ctx.store, ctx.state
-    keep = {rid for s in SLOTS for rid in store.slot_files(s)}
-    keep.update(state.newest_published_good(ctx.config.keep_releases))
-    return store.prune_archive(keep)
