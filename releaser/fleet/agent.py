@@ -128,6 +128,7 @@ class Agent:
             self.state.highest_seq, self.state.highest_digest = pointer.seq, signed.digest
             self._save()
             return rollout.step(self, pointer, signed.digest)
+        self.bake = None  # no wave plan: no bake analysis (nor faster polls for one)
         if signed.digest == self.state.finished:
             return self._report_idle([])
         self.state.highest_seq, self.state.highest_digest = pointer.seq, signed.digest

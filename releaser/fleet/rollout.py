@@ -66,6 +66,9 @@ def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
     target = pointer.release_sha256
     live = local.live_sha256(agent.config)
     last = agent.state.last
+    if agent.bake is not None and (agent.bake.key != (plan.start_seq, target)
+                                   or live != target):
+        agent.bake = None  # over here (its record stays on disk for the acks)
     if (last.get("state") == "applied" and last.get("target_sha256") == target
             and live != target):
         held = local.held(agent.config, target)
