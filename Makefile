@@ -42,7 +42,7 @@ demo-fleet: venv
 # env -u: the suite starts ~450 `releaser` processes; where PYTHONDONTWRITEBYTECODE is set
 # (this sandbox sets it) each one compiled releaser/ from source again (~50 ms CPU apiece)
 test: venv
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n 3 -q -m "not stress and not bench"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n 3 --dist worksteal -q -m "not stress and not bench"
 
 # The Debian tree tests/test_systemd_real.py boots (debootstrap, 1-2 min, cached under
 # /var/cache/releaser-test keyed on its package list); .ci/run builds it before `make test`.

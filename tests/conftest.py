@@ -113,6 +113,16 @@ class Env:
         }
 
 
+# The longest test (one systemd-nspawn boot, 50-90 s) goes first: under `make test`'s
+# `--dist worksteal` the worker that takes it starts it at once and the others take over
+# the rest of its share, so it runs beside the suite instead of after it.
+FIRST = ("tests/test_systemd_real.py::",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the rest keep order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sample_builds_once(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each sample build is generated once per session and copied (see tests/sample.py).
