@@ -187,7 +187,7 @@ def _print_diff(doc: dict[str, Any] | None) -> None:
 
 def _print_report(report: GateReport) -> None:
     """The gate table: a header, aligned columns, units; details of what did not pass."""
-    from .output import ms, table
+    from .output import ms, table, terminal_width
 
     def observed(r: Any) -> str:
         if r.observed is None:
@@ -199,7 +199,7 @@ def _print_report(report: GateReport) -> None:
     rows = [(r.outcome, r.kind, r.name, observed(r), r.threshold or "-", ms(r.duration_ms))
             for r in report.results]
     for line in table(("result", "kind", "name", "observed", "limit", "time"), rows,
-                      right=(3, 5)):
+                      right=(3, 5), wrap=4, width=terminal_width(indent=2)):
         click.echo(f"  {line}")
     for r in report.results:
         if r.outcome != "pass" and r.detail:

@@ -8,7 +8,8 @@ Invariants:
   message or another exit code: the rest of stdout is dropped and the command ends
   as it would have;
 - tables have a header, aligned columns sized to their content, and cut long text
-  at a word boundary with an ellipsis.
+  at a word boundary with an ellipsis; a table given a width wraps its one long
+  column within it, so no cell pads every row past the terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,24 +53,52 @@ def cut(text: str, width: int) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-          right: Sequence[int] = ()) -> list[str]:
+          right: Sequence[int] = (), *, wrap: int | None = None,
+          width: int | None = None) -> list[str]:
     """Aligned columns (two spaces apart) under a header; the last column is not padded;
     a cell's newline shows as \\n, so each row stays one line.
-    right: indexes of right-aligned (numeric) columns."""
+    right: indexes of right-aligned (numeric) columns.
+    wrap, width: when a row would be wider than width, column `wrap` is narrowed to fit
+    (never below WRAP_MIN characters) and its longer cells continue on the next lines,
+    so one long cell no longer pads every row."""
     cells = [[("" if c is None else str(c)).replace("\n", "\\n").replace("\r", "\\r")
               for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    if wrap is not None and width is not None:
+        others = sum(w for i, w in enumerate(widths) if i != wrap) + 2 * (len(widths) - 1)
+        widths[wrap] = min(widths[wrap],
+                           max(width - others, WRAP_MIN, len(headers[wrap])))
     out = []
     for row in [list(headers), *cells]:
-        parts = []
-        for i, cell in enumerate(row):
-            last = i == len(row) - 1
-            if i in right:
-                parts.append(cell.rjust(widths[i]))
-            else:
-                parts.append(cell if last else cell.ljust(widths[i]))
-        out.append("  ".join(parts).rstrip())
+        if wrap is None or len(row[wrap]) <= widths[wrap]:
+            out.append(_line(row, widths, right))
+            continue
+        pieces = textwrap.wrap(row[wrap], widths[wrap], break_long_words=False) or [""]
+        out.append(_line([*row[:wrap], pieces[0], *row[wrap + 1:]], widths, right))
+        out.extend(_line(["" if i != wrap else piece for i in range(len(row))], widths, right)
+                   for piece in pieces[1:])
     return out
+
+
+WRAP_MIN = 20
+
+
+def _line(row: Sequence[str], widths: Sequence[int], right: Sequence[int]) -> str:
+    parts = []
+    for i, cell in enumerate(row):
+        if i in right:
+            parts.append(cell.rjust(widths[i]))
+        else:
+            parts.append(cell if i == len(row) - 1 else cell.ljust(widths[i]))
+    return "  ".join(parts).rstrip()
+
+
+def terminal_width(indent: int = 0) -> int:
+    """Columns left on the terminal after indent (100 when stdout is not a terminal and
+    COLUMNS is unset: logs and pipes)."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns - indent
 
 
 def ms(value: float | None) -> str:

@@ -141,11 +141,37 @@ def test_pipefail_through_head(published: Env) -> None:
 def test_history_and_gate_report_have_headers_and_units(published: Env) -> None:
     lines = published.run("history").stdout.splitlines()
     assert re.match(r"\s*at\s+action\s+outcome\s+release", lines[0]), lines[0]
-    out = published.run("validate", str(published.make_db("v.db", seed=4))).stdout
+    out = published.run("validate", str(published.make_db("v.db", seed=4)),
+                        env={"COLUMNS": "100"}).stdout
     header = next(x for x in out.splitlines() if "result" in x)
     assert re.search(r"result\s+kind\s+name\s+observed\s+limit\s+time", header), out
     probe = next(x for x in out.splitlines() if " probe " in x)
     assert re.search(r"\d ms\b.*\d ms\b.*\d ms$", probe), probe  # p95, budget and duration
+    # the required_schema limit lists every column: it wraps in its column instead of
+    # padding every row past the terminal's width
+    assert max(len(x) for x in out.splitlines()) <= 100, out
+    lines = out.splitlines()
+    i = next(n for n, x in enumerate(lines) if "required_schema" in x)
+    col = header.index("limit")
+    limit = [lines[i][col:].rsplit("  ", 1)[0].strip()]
+    while not lines[i + len(limit)][:col].strip():
+        limit.append(lines[i + len(limit)].strip())
+    assert len(limit) > 1 and " ".join(limit).startswith("tags_final(name, "), out
+    assert " ".join(limit).endswith("post_count)"), out
+
+
+def test_table_wraps_one_column_to_the_width() -> None:
+    from releaser.output import table
+
+    rows = [("a", "short", "1 ms"), ("b", "one two three four five six seven eight", "22 ms")]
+    plain = table(("k", "limit", "time"), rows, right=(2,))
+    assert len({len(x) for x in plain}) == 1 and len(plain) == 3  # padded to the long cell
+    lines = table(("k", "limit", "time"), rows, right=(2,), wrap=1, width=32)
+    assert max(len(x) for x in lines) == 32, lines
+    assert lines == ["k  " + "limit".ljust(22) + "   time",
+                     "a  " + "short".ljust(22) + "   1 ms",
+                     "b  " + "one two three four".ljust(22) + "  22 ms",
+                     "   five six seven eight"]
 
 
 def test_releases_cut_notes_at_words_and_align_columns(store: Env) -> None:
