@@ -93,6 +93,16 @@ def _line(row: Sequence[str], widths: Sequence[int], right: Sequence[int]) -> st
     return "  ".join(parts).rstrip()
 
 
+def size(n: int | None) -> str:
+    """Bytes for people: 3 significant digits in B, kB, MB, GB (powers of 1000)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
 def terminal_width(indent: int = 0) -> int:
     """Columns left on the terminal after indent (100 when stdout is not a terminal and
     COLUMNS is unset: logs and pipes)."""

@@ -218,16 +218,22 @@ def status(channel: str | None, as_json: bool) -> None:
             click.echo(f"  `releaser fleet resume --channel {result['channel']}` accepts the "
                        "inconclusive analysis of " + ", ".join(r["inconclusive"])
                        + " and lets the waves go on")
+    from ..output import size, table
+
+    rows = []
     for h in result["hosts"]:
-        applied = (h.get("applied_sha256") or "-")[:12]
-        reasons = f"  {'; '.join(h.get('reasons') or [])}" if h.get("reasons") else ""
+        notes = "; ".join(h.get("reasons") or [])
         if isinstance(h.get("analysis"), dict):  # its bake analysis (fleet/bake.py)
             from ..analysis_record import describe
 
-            reasons += f"  analysis {describe(h['analysis'])}"
-        click.echo(f"  {h.get('host_id', '?'):<20} {h.get('state', '?'):<9} "
-                   f"seq {h.get('applied_seq', '-')!s:<4} {applied:<12} "
-                   f"{h.get('bytes_downloaded_total', 0):>12} B  {h.get('last_seen')}{reasons}")
+            notes += f"{'  ' if notes else ''}analysis {describe(h['analysis'])}"
+        rows.append((h.get("host_id", "?"), h.get("state", "?"), h.get("applied_seq", "-"),
+                     (h.get("applied_sha256") or "-")[:12], size(h.get("bytes_downloaded")),
+                     size(h.get("bytes_downloaded_total")), h.get("last_seen"), notes))
+    if rows:  # downloaded: the last download's bytes, and all this agent has downloaded
+        for line in table(("host", "state", "live seq", "live sha256", "last download",
+                           "downloaded total", "last seen", "notes"), rows, right=(2, 4, 5)):
+            click.echo(f"  {line}")
     s = result["summary"]
     states = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("hosts",
                                                                     "on_pointer_release"))
@@ -252,9 +258,13 @@ def releases(channel: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    for r in result:
-        click.echo(f"seq {r['seq']:<5} {r['sha256'][:12]}…  {r['action']:<8} "
-                   f"{r['created']}  {r['actor']}  {r['note'] or ''}")
+    from ..output import table
+
+    rows = [(r["seq"], r["sha256"][:12] + "…", r["action"], r["created"], r["actor"],
+             r["note"] or "") for r in result]
+    for line in table(("seq", "sha256", "action", "created", "actor", "note"), rows,
+                      right=(0,)):
+        click.echo(line)
 
 
 @click.command()

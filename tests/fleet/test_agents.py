@@ -3,6 +3,7 @@ within poll_s + a few seconds; a fleet rollback brings all back with no download
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from tests.fleet.fleetenv import Fleet
@@ -50,3 +51,14 @@ def test_five_agents_take_pushes_and_roll_back_without_download(fleet: Fleet) ->
     chain = fleet.fleet_json("releases", "--channel", "staging")
     assert [(r["seq"], r["action"]) for r in chain] == [
         (3, "rollback"), (2, "push"), (1, "push")]
+    # the human tables: a header that says what each number is, one row per host/pointer
+    lines = fleet.build.cli("fleet", "status", "--channel", "staging").stdout.splitlines()
+    header = next(x for x in lines if "host" in x)
+    assert re.search(r"host\s+state\s+live seq\s+live sha256\s+last download\s+"
+                     r"downloaded total\s+last seen", header), lines
+    row = next(x for x in lines if x.strip().startswith("app0 "))
+    assert re.search(rf"applied\s+{back['seq']}\s+{first['sha256'][:12]}\s+0 B\s+"
+                     r"\d+(\.\d+)? kB\s+\d{4}-", row), row  # rollback: 0 B this time
+    lines = fleet.build.cli("fleet", "releases", "--channel", "staging").stdout.splitlines()
+    assert re.match(r"seq\s+sha256\s+action\s+created\s+actor\s+note", lines[0]), lines
+    assert re.match(r"\s*3\s+\w{12}…\s+rollback\s+\d{4}-", lines[1]), lines
