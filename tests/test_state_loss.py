@@ -47,10 +47,13 @@ def history3(env: Env, builds: list[Path]) -> Env:
 
 
 def record(env: Env) -> tuple[list[dict], list[dict]]:
-    """(history, releases) as `--json` shows them, without ids that may be renumbered."""
-    hist = json.loads(env.run("history", "--limit", "1000", "--json").stdout)["data"]
-    rels = json.loads(env.run("releases", "--json").stdout)["data"]
-    return hist, rels
+    """(history, releases) as `--json` shows them, without ids that may be renumbered.
+
+    Only ever taken with state.db whole (before the damage, after the repair): read
+    in-process, the subprocesses are kept for the degraded commands under test."""
+    hist = env.cli_json("history", "--limit", "1000")
+    rels = env.cli_json("releases")
+    return hist, rels  # type: ignore[return-value]
 
 
 def comparable(hist: list[dict]) -> list[tuple]:
