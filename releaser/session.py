@@ -185,7 +185,7 @@ def parse_release_id(text: str) -> int:
     if t[:1] in ("r", "R"):
         t = t[1:]
     if not t.isdigit():
-        raise UsageError(f"{text!r} is not a release id; see `releaser history`")
+        raise UsageError(f"{text!r} is not a release id; see `releaser releases`")
     return int(t)
 
 

@@ -241,7 +241,8 @@ def test_rollback_with_nothing_is_exit_4(store: Env) -> None:
 
 def test_rollback_to_unknown_or_bad_release_is_exit_2(published: Env) -> None:
     assert "no release 99" in published.cli("rollback", "--to", "99", expect=2).stderr
-    assert "not a release id" in published.cli("rollback", "--to", "abc", expect=2).stderr
+    err = published.cli("rollback", "--to", "abc", expect=2).stderr
+    assert "not a release id; see `releaser releases`" in err, err
     assert "already live" in published.cli("rollback", "--to", "2", expect=2).stderr
     bad = published.make_db("bad.db", sql="DELETE FROM tags_final;")
     published.cli("publish", str(bad), expect=1)

@@ -93,7 +93,7 @@ class Bucket:
     # -- errors ------------------------------------------------------------
 
     def _translate(self, exc: Exception, name: str, action: str) -> Exception:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -107,6 +107,10 @@ class Bucket:
                                    f"{self.endpoint_url or 'AWS'}; create it or fix [fleet] url")
             return BucketError(f"{action} {self.url(name)}: {code or status}: "
                                f"{exc.response.get('Error', {}).get('Message', exc)}")
+        if isinstance(exc, NoCredentialsError):  # not the endpoint's fault: say what is
+            return BucketError(f"{action} {self.url(name)}: no S3 credentials; set "
+                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials "
+                               "or an instance role (never in the config)")
         if isinstance(exc, BotoCoreError):
             return BucketError(f"{action} {self.url(name)}: {exc}; check [fleet] endpoint_url "
                                "and that the bucket is reachable")

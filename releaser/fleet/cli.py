@@ -258,6 +258,9 @@ def releases(channel: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
+    if not result:
+        click.echo("no pointer yet on this channel (`releaser fleet push` makes one)")
+        return
     from ..output import table
 
     rows = [(r["seq"], r["sha256"][:12] + "…", r["action"], r["created"], r["actor"],

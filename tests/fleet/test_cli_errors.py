@@ -34,6 +34,8 @@ def test_config_and_endpoint_errors(fleet: Fleet) -> None:
     fleet.build.config.write_text(text)
     result = fleet.build.cli("fleet", "rollback", "--channel", "staging", expect=4)
     assert "no pointer yet" in result.stderr
+    listed = fleet.build.cli("fleet", "releases", "--channel", "staging").stdout
+    assert listed.startswith("no pointer yet on this channel"), listed
     result = fleet.build.cli("fleet", "status", "--channel", "../x", expect=2)
     assert "channel '../x'" in result.stderr
 
@@ -53,3 +55,27 @@ def test_agent_once_exit_codes(fleet: Fleet) -> None:
                      .encode())
     host.run("agent", "--once", expect=1)
     assert host.live_sha() == pushed["sha256"]
+
+
+def test_missing_credentials_say_so(tmp_path) -> None:  # noqa: ANN001
+    """No S3 credentials anywhere: the line names credentials, not the endpoint."""
+    import os
+    import subprocess
+
+    from tests.conftest import RELEASER_BIN
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true")
+    subprocess.run([str(RELEASER_BIN), "fleet", "keygen", "--secret", str(tmp_path / "k"),
+                    "--public", str(tmp_path / "k.pub")], env=env, check=True,
+                   capture_output=True)
+    config = tmp_path / "releaser.toml"
+    config.write_text(f'root = "{tmp_path}/store"\nlive_path = "{tmp_path}/app/tags.db"\n'
+                      '[fleet]\nurl = "s3://b/p"\nendpoint_url = "http://127.0.0.1:9"\n'
+                      f'public_keys = ["{tmp_path}/k.pub"]\n')
+    proc = subprocess.run([str(RELEASER_BIN), "--config", str(config), "fleet", "status",
+                           "--channel", "staging"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 5, proc.stderr
+    assert "no S3 credentials; set AWS_ACCESS_KEY_ID" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "endpoint_url" not in proc.stderr
