@@ -27,12 +27,13 @@ from .signals import interrupt_on_signals
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  ok
-  1  a gate or health check failed (nothing changed)
-  2  usage or config error
-  3  another operation holds the lock (after --wait)
-  4  nothing to roll back to
-  5  I/O or internal error, live untouched
+    0  ok
+    1  a gate or health check failed (nothing changed)
+    2  usage or config error
+    3  another operation holds the lock (after --wait)
+    4  nothing to roll back to
+    5  I/O or internal error, live untouched
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); an unverified swap was undone
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -408,10 +409,29 @@ def test_wait_gets_the_lock_once_released(published: Env) -> None:
 
 
 def test_help_shows_examples_and_exit_codes(env: Env) -> None:
+    import click
+
+    from releaser import errors
+    from releaser.cli import cli
+
     top = env.cli("--help").stdout
     assert "Examples:" in top and "Exit codes:" in top
+    listed = {int(c) for c in re.findall(r"^\s+(\d+)\s+\S", top.split("Exit codes:")[1], re.M)}
+    assert listed == {v for k, v in vars(errors).items() if k.startswith("EXIT_")}, top
     for cmd in ("init", "validate", "publish", "rollback", "status", "history", "check"):
         assert "Examples:" in env.cli(cmd, "--help").stdout, cmd
+
+    def commands(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
+        out = []
+        for name, sub in group.commands.items():
+            out.append((f"{path} {name}", sub))
+            if isinstance(sub, click.Group):
+                out.extend(commands(sub, f"{path} {name}"))
+        return out
+
+    for name, command in commands(cli, "releaser"):  # every one, the fleet's too
+        with click.Context(command, info_name=name) as ctx:
+            assert "Examples:" in command.get_help(ctx), name
 
 
 def test_unknown_option_is_exit_2(env: Env) -> None:

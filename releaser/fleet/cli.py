@@ -43,7 +43,7 @@ def fleet() -> None:
       1  refused: local gates failed, bad signature, too few hosts acknowledged
       2  usage or config error
       3  another writer moved the channel pointer first (nothing applied)
-      4  nothing to roll back to or promote
+      4  nothing to roll back to, promote, pause or resume
       5  bucket unreachable or I/O error
     """
 
