@@ -38,9 +38,11 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testkey", "AWS_SECRET_ACCESS_KEY": "testsec
                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the process that started it dies, so a
-    test worker killed by a timeout or a crash never leaves a `weed` behind."""
+    test worker killed by a timeout or a crash never leaves a `weed` (or an agent)
+    behind. Linux sends it when the starting THREAD exits: start such children from a
+    thread that lives as long as they should (the main thread)."""
     import ctypes  # noqa: PLC0415
 
     pr_set_pdeathsig = 1
@@ -109,7 +111,7 @@ class WeedServer:
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.data_dir,
                                      start_new_session=True, env=env,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         log.close()
         try:
             self._wait_ready(timeout)

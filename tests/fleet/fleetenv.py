@@ -21,6 +21,7 @@ from releaser.config import load_config
 from releaser.fleet.bucket import Bucket
 from releaser.fleet.sign import keygen
 from tests.conftest import RELEASER_BIN, config_text
+from tests.s3server import die_with_parent
 from tests.sample import write_sample
 
 HERE = Path(__file__).resolve().parent
@@ -85,9 +86,11 @@ class Host:
                     env: dict[str, str] | None = None) -> None:
         """`releaser agent` (or argv, a test-side wrapper) as a real subprocess."""
         cmd = argv or [str(RELEASER_BIN), "--config", str(self.config), "-v", "agent"]
+        # dies with the test worker too (a timeout or crash must not leave agents polling)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})},
+                                     preexec_fn=die_with_parent)
 
     def stop_agent(self, sig: int = signal.SIGTERM) -> str:
         proc, self.proc = self.proc, None
