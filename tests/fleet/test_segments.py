@@ -90,6 +90,12 @@ def test_a_different_base_is_caught_at_the_segment_it_damages(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("region-")]
 
 
+@pytest.fixture(scope="module")
+def made(builds: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[Path, list[segments.Segment]]:
+    return make(*builds, tmp_path_factory.mktemp("made"))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda e: e[1].update(offset=e[1]["offset"] + 1), "does not follow"),
     (lambda e: e[0].update(patch_size=e[0]["patch_size"] + 1), "does not follow"),
@@ -102,10 +108,10 @@ def test_a_different_base_is_caught_at_the_segment_it_damages(
     (lambda e: e[0].pop("sha256"), "malformed"),
     (lambda e: e.pop(), "cover"),
 ])
-def test_plans_outside_the_bounds_are_refused(builds: tuple[Path, Path], tmp_path: Path,
+def test_plans_outside_the_bounds_are_refused(builds: tuple[Path, Path], made,  # noqa: ANN001
                                               change, message: str) -> None:  # noqa: ANN001
     base, new = builds
-    patch, segs = make(base, new, tmp_path)
+    patch, segs = made
     entries = [s.as_dict() for s in segs]
     segments.parse(entries, new.stat().st_size, patch.stat().st_size, base.stat().st_size)
     change(entries)
