@@ -142,3 +142,87 @@ def test_root_and_live_flags_work_without_config(
 def test_config_text_helper_points_into_tmp(env: Env) -> None:
     text = config_text(env.live, env.root)
     assert f'live_path = "{env.live}"' in text and f'root = "{env.root}"' in text
+
+
+# -- every key the code accepts is documented ------------------------------------------
+
+
+def _keys(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], bool]]:
+    """(dotted path, is a table) of every key Config accepts, from its dataclasses."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == "source":
+            continue
+        tp = hints[f.name]
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
+        out.append((path + (f.name,),
+                    dataclasses.is_dataclass(item) or typing.get_origin(tp) is dict))
+        if dataclasses.is_dataclass(item):
+            out.extend(_keys(item, path + (f.name,)))  # type: ignore[arg-type]
+    return out
+
+
+def _sections(text: str) -> dict[tuple[str, ...], str]:
+    """TOML text (commented or not) by the [section] / [[section]] it is under; the
+    comment paragraph just above a header (its prose) counts as that section's."""
+    import re
+
+    out: dict[tuple[str, ...], list[str]] = {(): []}
+    current: tuple[str, ...] = ()
+    for line in text.splitlines():
+        m = re.match(r"^#?\s*\[\[?([a-z_.]+)\]\]?\s*(#.*)?$", line)
+        if m:
+            body = out[current]
+            prose = len(body)
+            while prose and body[prose - 1].startswith("#"):
+                prose -= 1
+            current = tuple(m.group(1).split("."))
+            out.setdefault(current, []).extend(body[prose:])
+        else:
+            out[current].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def test_every_config_key_is_in_the_shipped_config_and_the_readme() -> None:
+    import re
+
+    from releaser.config import Config
+
+    keys = _keys(Config)
+    assert (("gates", "sqlite_heap_limit_mb"), False) in keys  # the walk sees nested keys
+    assert (("analysis", "prometheus", "fail", "max"), False) in keys
+    shipped = DEFAULT_CONFIG.read_text()
+    sections = _sections(shipped)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    config_part = readme.split("\n## Configuration\n")[1].split("\n## ")[0]
+    rows = {}
+    for row in config_part.splitlines():
+        if row.startswith("| top level |"):
+            rows[()] = row
+        elif m := re.match(r"^\| `\[\[?([a-z_.]+)\]\]?` \|", row):
+            rows[tuple(m.group(1).split("."))] = row
+    missing = []
+    for path, table in keys:
+        *parent_list, key = path
+        parent = tuple(parent_list)
+        # the shipped config: its [section] header, `key =` in its section, or inside an
+        # inline table (`fail = { min = 1 }`, `warn = { min, max }`, `x = [{ argv = .. }]`)
+        in_shipped = (
+            (table and any(s[:len(path)] == path for s in sections))
+            or re.search(rf"\b{key}\s*=", sections.get(parent, ""))
+            or (parent and re.search(rf"\b{parent[-1]}`?\s*=\s*\[?\s*{{[^}}\n]*\b{key}\b",
+                                     shipped)))
+        # the README's table of keys: in the row of its section (or nearest enclosing one)
+        row = next((rows[parent[:n]] for n in range(len(parent), -1, -1)
+                    if parent[:n] in rows), "")
+        in_readme = (f"`{key}`" in row
+                     or (table and any(r[:len(path)] == path for r in rows)))
+        if not in_shipped:
+            missing.append(f"config/releaser.toml: {'.'.join(path)}")
+        if not in_readme:
+            missing.append(f"README.md (Configuration, table of keys): {'.'.join(path)}")
+    assert not missing, "\n".join(missing)
