@@ -153,3 +153,18 @@ def test_every_module_is_at_most_400_lines() -> None:
     long = {str(p.relative_to(REPO)): n for p in sorted(PACKAGE.rglob("*.py"))
             if (n := p.read_bytes().count(b"\n")) > MAX_MODULE_LINES}
     assert long == {}, "over 400 lines: split by job (README 'How it works: the modules')"
+
+
+def test_the_readme_names_every_module() -> None:
+    """A newcomer finds each module in the README: releaser/*.py in the module table of
+    'How it works: the modules', releaser/fleet/*.py in the Fleet sections' module lists."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("\n## How it works: the modules\n")[1].split("\n## ")[0]
+    fleet = readme.split("\n## Fleet")[1].split("\n## Logs")[0]
+    named_top = set(re.findall(r"`([a-z_]+\.py)`", table))
+    named_fleet = set(re.findall(r"`([a-z_]+\.py)`", fleet))
+    missing = [f"releaser/{p.name}" for p in sorted(PACKAGE.glob("*.py"))
+               if p.name != "__init__.py" and p.name not in named_top]
+    missing += [f"releaser/fleet/{p.name}" for p in sorted((PACKAGE / "fleet").glob("*.py"))
+                if p.name != "__init__.py" and p.name not in named_fleet]
+    assert missing == [], "not named in README.md's module lists"
