@@ -50,7 +50,9 @@ def hold(lock_path: Path, root: Path, writable: list[Path], command: str,
                         f"{who_holds['since']})" if who_holds else "another process"
                     )
                     raise LockBusy(
-                        f"{root}: the store is locked by {who}; retry later or pass "
+                        f"{root}: the store is still locked by {who} after waiting "
+                        f"{wait_s:g} s; retry later or pass a longer --wait" if wait_s > 0
+                        else f"{root}: the store is locked by {who}; retry later or pass "
                         "--wait SECONDS"
                     ) from None
                 time.sleep(0.05)

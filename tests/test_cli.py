@@ -353,8 +353,10 @@ def test_lock_busy_is_exit_3_and_status_shows_holder(published: Env) -> None:
         holder = published.status()["lock"]
         assert holder["pid"] == proc.pid and holder["command"].startswith("publish ")
         result = published.cli("rollback", "--wait", "0.3", expect=3)
-        assert f"pid {proc.pid}" in result.stderr and "--wait" in result.stderr
-        published.cli("publish", str(db), expect=3)
+        assert f"pid {proc.pid}" in result.stderr
+        assert "after waiting 0.3 s; retry later or pass a longer --wait" in result.stderr
+        result = published.cli("publish", str(db), expect=3)
+        assert "retry later or pass --wait SECONDS" in result.stderr
     finally:
         proc.kill()
         proc.wait()
