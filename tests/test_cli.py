@@ -434,6 +434,8 @@ def test_help_shows_examples_and_exit_codes(env: Env) -> None:
     for name, command in commands(cli, "releaser"):  # every one, the fleet's too
         with click.Context(command, info_name=name) as ctx:
             assert "Examples:" in command.get_help(ctx), name
+        for option in command.params:  # and every option says what it does
+            assert not isinstance(option, click.Option) or option.help, (name, option.opts)
 
 
 def test_unknown_option_is_exit_2(env: Env) -> None:

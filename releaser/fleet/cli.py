@@ -243,7 +243,8 @@ def status(channel: str | None, as_json: bool) -> None:
 
 @fleet.command()
 @channel_option
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="How many pointers, newest first.")
 @json_option
 def releases(channel: str | None, limit: int, as_json: bool) -> None:
     """List the channel's pointer history, newest first.
