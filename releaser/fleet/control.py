@@ -45,6 +45,13 @@ def control(config: Config, *, channel: str | None, action: str, actor: str,
     if j.state in ("aborted", "complete"):
         raise NothingThere(f"channel {name!r}: the rollout is {j.state}; nothing to "
                            f"{action}" + (f" ({'; '.join(j.reasons)})" if j.reasons else ""))
+    # a no-op would still be a new pointer every agent re-reads: refuse it, change nothing
+    if action == "pause" and plan.paused:
+        raise NothingThere(f"channel {name!r}: the rollout is already paused; "
+                           "`fleet resume` continues it")
+    if action == "resume" and not plan.paused and not j.inconclusive:
+        raise NothingThere(f"channel {name!r}: the rollout is {j.state}, not paused; "
+                           "nothing to resume")
     if action == "pause":
         new = dataclasses.replace(plan, paused=True)
     elif action == "resume":

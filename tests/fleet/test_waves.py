@@ -135,8 +135,12 @@ def test_pause_promote_wave_resume(fleet: Fleet) -> None:
     fleet.wait_all(hosts[:1], "applied", second["seq"])
     fleet.wait_all(others, "waiting", second["seq"])  # baking for 600 s
 
+    out = fleet.build.cli("fleet", "resume", "--channel", "staging", expect=4)
+    assert "not paused; nothing to resume" in out.stderr  # and no pointer written
     paused = fleet.fleet_json("pause", "--channel", "staging")
     assert paused["plan"]["paused"] is True
+    out = fleet.build.cli("fleet", "pause", "--channel", "staging", expect=4)
+    assert "already paused" in out.stderr
     promoted = fleet.fleet_json("promote-wave", "--channel", "staging")
     assert promoted["plan"]["promoted"] == 1 and promoted["plan"]["paused"] is True
     fleet.wait_all(others, "waiting", promoted["seq"])
