@@ -23,6 +23,8 @@ def run_check(db: ReadOnlyDB, check: Check, baseline: float | None) -> GateResul
         parts.append(f"fail outside {check.fail.describe()}")
     if not check.warn.empty:
         parts.append(f"warn outside {check.warn.describe()}")
+    if baseline is not None and not check.change.empty:  # judged only against a live value
+        parts.append(f"vs live: {check.change.describe()}")
     r = GateResult(check.name, "check", PASS, threshold="; ".join(parts) or None)
     with timed(r):
         try:

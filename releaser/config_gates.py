@@ -59,6 +59,16 @@ class Change:
     def empty(self) -> bool:
         return self.max_drop_pct is None and self.max_growth_pct is None and self.max_delta is None
 
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop_pct is not None:
+            parts.append(f"drop <= {self.max_drop_pct:g}%")
+        if self.max_growth_pct is not None:
+            parts.append(f"growth <= {self.max_growth_pct:g}%")
+        if self.max_delta is not None:
+            parts.append(f"change <= {self.max_delta:g}")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class Check:

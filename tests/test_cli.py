@@ -166,6 +166,10 @@ def test_row_drop_against_live_fails_change_gate(published: Env) -> None:
     smaller = published.make_db("small.db", seed=3, rows=2000)  # live has 3000: -33 %
     result = published.cli("publish", str(smaller), expect=1)
     assert "rows" in result.stderr and "dropped" in result.stderr
+    # the report's limit names the change allowed against live, not only the fail bounds
+    rows = next(c for c in published.cli_json("validate", str(smaller), expect=1)["checks"]
+                if c["name"] == "rows")
+    assert rows["threshold"] == "fail outside >= 1; vs live: drop <= 5%", rows
 
 
 def test_warning_blocks_only_with_strict(published: Env) -> None:
