@@ -442,6 +442,31 @@ def test_help_shows_examples_and_exit_codes(env: Env) -> None:
             assert not isinstance(option, click.Option) or option.help, (name, option.opts)
 
 
+def test_readme_command_table_names_every_command_and_option() -> None:
+    """README.md's ## Commands table: a row per command naming each of its options (and,
+    for `fleet`, each subcommand)."""
+    import click
+
+    from releaser.cli import cli
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = readme.split("\n## Commands\n")[1].split("\n\n")[0].splitlines()
+    missing = []
+    for name, command in cli.commands.items():
+        row = next((r for r in rows if r.startswith(f"| `releaser {name}")), None)
+        if row is None:
+            missing.append(name)
+            continue
+        cell = re.split(r"(?<!\\)\|", row)[1]  # the first column (escaped \| inside)
+        if isinstance(command, click.Group):
+            missing += [f"{name} {sub}" for sub in command.commands
+                        if not re.search(rf"[ |]{sub}\b(?!-)", cell)]
+        missing += [f"{name} {p.opts[0]}" for p in command.params
+                    if isinstance(p, click.Option) and p.opts[0] not in ("--json", "--help")
+                    and p.opts[0] not in cell]
+    assert missing == [], "not in README.md's command table"
+
+
 def test_unknown_option_is_exit_2(env: Env) -> None:
     assert "No such option '--bogus'" in env.cli("publish", "--bogus", expect=2).stderr
 
