@@ -118,6 +118,23 @@ def push(db: Path, channel: str | None, note: str | None, waves: str | None,
     click.echo(f"pushed {result['sha256'][:12]}… to {result['channel']} as seq "
                f"{result['seq']}: {result['size']} bytes, {result['compressed_size']} "
                f"compressed{reused}")
+    from ..output import size
+
+    for d in result["deltas"]:  # what an agent holding that base downloads instead
+        click.echo(f"  delta from {d['base_sha256'][:12]}…: {size(d['size'])} "
+                   f"({100 * d['size'] / max(result['compressed_size'], 1):.1f} % of the "
+                   "compressed file)")
+    for note in result["delta_notes"]:
+        click.echo(f"  {note}")
+    plan = result.get("plan")
+    if plan:
+        from .waves import EVERYONE
+
+        waves = [", ".join(("every other host" if i else "every host") if h == EVERYONE
+                           else h for h in wave) for i, wave in enumerate(plan["waves"])]
+        click.echo(f"  waves: {' -> '.join(waves)}; bake {plan['bake_s']:g} s"
+                   + (", each wave after the first waits for `fleet promote-wave`"
+                      if plan.get("manual") else ""))
     for warning in result["warnings"]:
         click.echo(f"warning: {warning}", err=True)
 

@@ -128,9 +128,11 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
 def test_pause_promote_wave_resume(fleet: Fleet) -> None:
     hosts = [fleet.host(f"app{i}") for i in range(3)]
     _start(fleet, hosts)
-    second = fleet.build.cli_json(
+    out = fleet.build.cli(
         "fleet", "push", str(fleet.make_db("two.db", rows=2150, seed=2)), "--channel",
-        "staging", "--canary", "app0", "--waves", "100%", "--bake", "600")
+        "staging", "--canary", "app0", "--waves", "100%", "--bake", "600").stdout
+    assert "\n  waves: app0 -> every other host; bake 600 s\n" in out, out  # the plan, said
+    second = fleet.fleet_json("status", "--channel", "staging")["pointer"]
     others = hosts[1:]
     fleet.wait_all(hosts[:1], "applied", second["seq"])
     fleet.wait_all(others, "waiting", second["seq"])  # baking for 600 s
