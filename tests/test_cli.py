@@ -423,7 +423,11 @@ def test_help_shows_examples_and_exit_codes(env: Env) -> None:
     top = env.cli("--help").stdout
     assert "Examples:" in top and "Exit codes:" in top
     listed = {int(c) for c in re.findall(r"^\s+(\d+)\s+\S", top.split("Exit codes:")[1], re.M)}
-    assert listed == {v for k, v in vars(errors).items() if k.startswith("EXIT_")}, top
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert listed == codes, top
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("\n### Exit codes\n")[1].split("\n\n")[0]
+    assert {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)} == codes, table
     for cmd in ("init", "validate", "publish", "rollback", "status", "history", "check"):
         assert "Examples:" in env.cli(cmd, "--help").stdout, cmd
 
