@@ -87,6 +87,7 @@ class Agent:
         # (SIGKILL, power loss), and its expiry must be checked again (one GET per start)
         self.state.etag = None
         self.metrics = AgentMetrics()
+        self.bucket.on_request(self.metrics.count_request)
         self.metrics.applied_seq.set(self.state.applied_seq)
         self.current: Pointer | None = None  # the last verified channel pointer
         self._current_digest = ""

@@ -8,6 +8,12 @@
   releaser_agent_analysis_evaluations_total{analysis,outcome}
                                        bake analysis evaluations (fleet/bake.py) by
                                        outcome: pass, fail, inconclusive, error
+  releaser_agent_bucket_requests_total{op}
+                                       HTTP requests to the bucket by S3 operation
+                                       (ListObjectsV2, GetObject, PutObject...), retries
+                                       and LIST pages included: a poll is one GetObject
+                                       (the pointer; 304 when unchanged), plus during a
+                                       rollout one LIST and a GET per changed ack
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ class AgentMetrics:
         self.analysis = Counter("releaser_agent_analysis_evaluations",
                                 "Bake analysis evaluations by query and outcome",
                                 ["analysis", "outcome"], registry=self.registry)
+        self.bucket_requests = Counter("releaser_agent_bucket_requests",
+                                       "HTTP requests to the bucket by S3 operation",
+                                       ["op"], registry=self.registry)
+
+    def count_request(self, op: str) -> None:
+        """Bucket.on_request callback."""
+        self.bucket_requests.labels(op).inc()
 
     def count_analysis(self, m: Any) -> None:
         """on_measure of the bake's AnalysisRun (an analysis.Measurement)."""

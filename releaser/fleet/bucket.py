@@ -49,6 +49,14 @@ class Object:
     etag: str
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One key of a LIST page: name (relative to the bucket prefix) and the ETag the
+    server lists for it ("" when it lists none)."""
+    name: str
+    etag: str
+
+
 def _sha256_b64(data: bytes | memoryview) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
@@ -81,6 +89,14 @@ class Bucket:
         )
         return boto3.session.Session().client("s3", endpoint_url=endpoint_url,
                                               region_name=region, config=config)
+
+    def on_request(self, count: Callable[[str], None]) -> None:
+        """Call count(operation) before every HTTP request this client sends, retries and
+        each LIST page included ("ListObjectsV2", "GetObject", "PutObject"...)."""
+        def before_send(event_name: str = "", **_: Any) -> None:
+            count(event_name.rsplit(".", 1)[-1])
+
+        self._client.meta.events.register("before-send.s3", before_send)
 
     # -- naming ------------------------------------------------------------
 
@@ -206,12 +222,17 @@ class Bucket:
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names (relative to the bucket prefix) under prefix."""
+        return (item.name for item in self.listing(prefix))
+
+    def listing(self, prefix: str) -> Iterator[Listed]:
+        """Names under prefix with their ETags (one LIST request per 1,000 keys)."""
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.location.bucket,
                                            Prefix=self.key(prefix)):
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self.location.prefix):]
+                    yield Listed(item["Key"][len(self.location.prefix):],
+                                 str(item.get("ETag") or ""))
         except Exception as exc:
             translated = self._translate(exc, prefix, "list")
             if translated is exc:

@@ -7,8 +7,9 @@ previous release the signed plan names, never make it take anything unsigned. So
 is no extra always-on process to run, secure and keep alive (a controller would need
 the signing key online or a second trust path), a dead build host cannot stall or
 break a rollout, and `fleet pause/resume/promote-wave/rollback` are just new signed
-pointers. The cost: each host in a rollout lists and reads the channel's acks every
-poll (O(hosts) requests per host per poll) until the rollout is complete for it.
+pointers. The cost: each host in a rollout lists the channel's acks every poll until the
+rollout is complete for it, and GETs only the acks whose ETag changed (ackcache.py):
+one LIST per 1,000 hosts plus the few acks that moved, not one GET per host.
 
 step() runs each poll while the channel's pointer carries a plan:
   aborted (max_failures reached, or aborted in the plan): a host live on the rollout's
@@ -36,9 +37,9 @@ from ..errors import LockBusy
 from . import bake as bakes
 from . import local
 from .ack import Ack
+from .ackcache import AckCache
 from .bake import bake_for
 from .errors import BucketError, ReleaserError
-from .status import acks as read_acks
 from .waves import ABORTED, Judgement, Plan, judge
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Gate:
         self.aborted: dict[int, list[str]] = {}  # start_seq -> reasons
         self.complete: set[int] = set()
         self.paused: set[int] = set()  # paused by an inconclusive analysis: notified
+        self.acks = AckCache()  # GETs only the acks whose ETag changed since last poll
 
 
 def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
@@ -79,7 +81,7 @@ def step(agent: Agent, pointer: Pointer, digest: str) -> Ack | None:
     if plan.start_seq in gate.complete and live == target:
         return agent._report_idle([])  # done here: stop reading every host's ack
     try:
-        acks = read_acks(agent.bucket, agent.channel)
+        acks = gate.acks.read(agent.bucket, agent.channel)
     except BucketError as exc:
         log.warning("rollout: cannot read acks: %s; holding", exc.message)
         return None

@@ -8,13 +8,12 @@ releases: the pointer chain (history/CHANNEL/*), newest first, each verified.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from . import channel as channels
-from . import layout, settings
+from . import settings
+from .ackcache import AckCache
 from .bucket import Bucket
-from .errors import NotFound
 from .waves import Plan, view
 
 if TYPE_CHECKING:
@@ -31,15 +30,9 @@ def _trusted(fleet: settings.Fleet) -> list:
 
 
 def acks(bucket: Bucket, channel: str) -> list[dict[str, Any]]:
-    out = []
-    for name in bucket.list(layout.status_prefix(channel)):
-        try:
-            data = json.loads(bucket.get(name, max_bytes=1 << 20).body)
-        except (NotFound, ValueError):
-            continue
-        if isinstance(data, dict):
-            out.append(data)
-    return sorted(out, key=lambda a: str(a.get("host_id")))
+    """Every host's ack, all read (a fresh cache: LIST + one GET per host). A polling
+    agent keeps its own AckCache instead and GETs only the acks that changed."""
+    return AckCache().read(bucket, channel)
 
 
 def status(config: Config, *, channel: str | None) -> dict[str, Any]:
