@@ -137,14 +137,16 @@ def _time_limit(size: int) -> float:
     return 60.0 + size / 2e6  # generous: 2 MB/s on a shared 2-core machine
 
 
-def _copy_range(src: IO[bytes], offset: int, size: int, dst: IO[bytes]) -> None:
+def _read_range(src: IO[bytes], offset: int, size: int, what: str) -> Iterator[bytes]:
+    """size bytes of src from offset, READ_CHUNK at a time; a file that ends early is a
+    SegmentError naming what."""
     src.seek(offset)
     left = size
     while left > 0:
         chunk = src.read(min(READ_CHUNK, left))
         if not chunk:
-            raise SegmentError(f"file ended {left} bytes early")
-        dst.write(chunk)
+            raise SegmentError(f"{what} ended {left} bytes early")
+        yield chunk
         left -= len(chunk)
 
 
@@ -152,7 +154,8 @@ def _region_file(base: IO[bytes], offset: int, size: int, folder: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix="region-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            _copy_range(base, offset, size, fh)
+            for chunk in _read_range(base, offset, size, "file"):
+                fh.write(chunk)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -200,15 +203,9 @@ def make(binary: str, base: Path, new: Path, patch: IO[bytes], folder: Path, *,
                     timer = threading.Timer(limit, proc.kill)  # a stuck zstd stops our writes
                     timer.start()
                     try:
-                        nfh.seek(offset)
-                        left = size
-                        while left > 0:
-                            chunk = nfh.read(min(READ_CHUNK, left))
-                            if not chunk:
-                                raise SegmentError(f"{new} ended {left} bytes early")
+                        for chunk in _read_range(nfh, offset, size, str(new)):
                             digest.update(chunk)
                             proc.stdin.write(chunk)
-                            left -= len(chunk)
                         proc.stdin.close()
                     except BrokenPipeError:
                         pass  # zstd died: its exit code and stderr say why
