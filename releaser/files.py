@@ -23,6 +23,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of data to fd: os.write may write less than it is given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_new(path: Path, data: bytes, tmp_prefix: str, mode: int = 0o664) -> None:
     """data as path: a temp file (tmp_prefix + name, beside it) written whole, fsynced,
     renamed over path (the caller fsyncs the folder). mode whatever the umask."""
@@ -30,9 +37,7 @@ def write_new(path: Path, data: bytes, tmp_prefix: str, mode: int = 0o664) -> No
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import fsync_dir
+from .files import fsync_dir, write_all
 
 JOURNAL_NAME = "journal.jsonl"
 DEGRADED_MARKER = "journal.degraded"
@@ -102,9 +102,7 @@ class Journal:
                 os.fchmod(fd, 0o664)
             if not created and _ends_torn(fd):
                 data = b"\n" + data  # never glue a new line to a torn one
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -118,16 +116,22 @@ class Journal:
             return JournalRead(missing=True)
         return parse(raw)
 
-    def tail(self, nbytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
-        """The newest whole lines (up to nbytes from the end), oldest first."""
+    def _read_tail(self, nbytes: int) -> tuple[int, bytes] | None:
+        """(offset, bytes) of the file's last nbytes; None when there is no journal."""
         try:
             with open(self.path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                start = max(0, size - nbytes)
+                start = max(0, fh.seek(0, os.SEEK_END) - nbytes)
                 fh.seek(start)
-                raw = fh.read()
+                return start, fh.read()
         except FileNotFoundError:
+            return None
+
+    def tail(self, nbytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+        """The newest whole lines (up to nbytes from the end), oldest first."""
+        found = self._read_tail(nbytes)
+        if found is None:
             return []
+        start, raw = found
         if start > 0:
             cut = raw.find(b"\n")
             raw = raw[cut + 1:] if cut >= 0 else b""
@@ -157,14 +161,10 @@ class Journal:
     def newest_event_in_tail(self, nbytes: int = TAIL_BYTES
                              ) -> tuple[dict[str, Any] | None, int, str]:
         """newest_event_after for the last nbytes, with no mark to start from."""
-        try:
-            with open(self.path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                start = max(0, size - nbytes)
-                fh.seek(start)
-                raw = fh.read()
-        except FileNotFoundError:
+        found = self._read_tail(nbytes)
+        if found is None:
             return None, 0, _sha(b"")
+        start, raw = found
         end = raw.rfind(b"\n") + 1
         mark = _sha(raw[max(0, end - MARK_BYTES):end])
         cut = raw.find(b"\n") + 1 if start > 0 else 0

@@ -26,7 +26,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .files import fsync_dir
+from .files import fsync_dir, write_all
 
 FORMAT = "releaser-manifest/1"
 MANIFEST_RE = re.compile(r"^release-(\d+)\.json$")
@@ -92,9 +92,7 @@ def write(folder: Path, doc: dict[str, Any]) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fchmod(fd, 0o644)  # readable by whoever may read the release (umask aside)
             os.fsync(fd)
         finally:
