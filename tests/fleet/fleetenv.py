@@ -150,6 +150,15 @@ class Fleet:
                                 note, "--json", expect=expect)
         return json.loads(result.stdout)["data"] if result.exit_code == 0 else result
 
+    def first_release(self, hosts: list[Host]) -> dict:
+        """one.db (2,100 rows) pushed, then every host's agent started and applied on it:
+        the release a wave rollout goes on from."""
+        first = self.push(self.make_db("one.db", rows=2100, seed=1), note="first")
+        for h in hosts:
+            h.start_agent()
+        self.wait_all(hosts, "applied", first["seq"])
+        return first
+
     def fleet_json(self, *args: str, expect: int | None = 0) -> Any:
         return self.build.cli_json("fleet", *args, expect=expect)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from releaser.fleet.waves import assign
-from tests.fleet.fleetenv import Fleet, Host, wait_for
+from tests.fleet.fleetenv import Fleet, wait_for
 from tests.test_notify import Receiver
 
 STRICT = """
@@ -20,17 +20,9 @@ fail = { min = 2050 }
 """
 
 
-def _start(fleet: Fleet, hosts: list[Host]) -> dict:
-    first = fleet.push(fleet.make_db("one.db", rows=2100, seed=1), note="first")
-    for h in hosts:
-        h.start_agent()
-    fleet.wait_all(hosts, "applied", first["seq"])
-    return first
-
-
 def test_healthy_rollout_passes_waves_in_order_after_bake(fleet: Fleet) -> None:
     hosts = [fleet.host(f"app{i}") for i in range(4)]
-    _start(fleet, hosts)
+    fleet.first_release(hosts)
     bake = 1.5
     second = fleet.push(fleet.make_db("two.db", rows=2150, seed=2), note="waves")
     assert second["plan"] is None  # no waves asked: every host at once
@@ -77,7 +69,7 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
             'events = ["fleet-rollout-aborted"]\n')
     hosts = [fleet.host(n, extra=STRICT if n == bad_host else hook if n == "app0" else "")
              for n in names]
-    first = _start(fleet, hosts)
+    first = fleet.first_release(hosts)
 
     second = fleet.build.cli_json(
         "fleet", "push", str(fleet.make_db("two.db", rows=2000, seed=2)), "--channel",
@@ -127,7 +119,7 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
 
 def test_pause_promote_wave_resume(fleet: Fleet) -> None:
     hosts = [fleet.host(f"app{i}") for i in range(3)]
-    _start(fleet, hosts)
+    fleet.first_release(hosts)
     out = fleet.build.cli(
         "fleet", "push", str(fleet.make_db("two.db", rows=2150, seed=2)), "--channel",
         "staging", "--canary", "app0", "--waves", "100%", "--bake", "600").stdout

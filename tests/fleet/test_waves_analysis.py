@@ -8,7 +8,7 @@ import json
 import time
 
 from releaser.analysis_record import parse_iso
-from tests.fleet.fleetenv import Fleet, Host, wait_for
+from tests.fleet.fleetenv import Fleet, wait_for
 from tests.promserver import Fault, LoadGen, Stack, free_port
 from tests.test_notify import Receiver
 
@@ -25,14 +25,6 @@ def analysis_toml(address: str, query: str, *, interval_s: float,
             f'[[analysis.prometheus]]\nname = "error_rate"\naddress = "{address}"\n'
             f"query = {json.dumps(query)}\nfail = {{ max = 0.05 }}\n"
             f"interval_s = {interval_s}\ntimeout_s = 2\n")
-
-
-def _first(fleet: Fleet, hosts: list[Host]) -> dict:
-    first = fleet.push(fleet.make_db("one.db", rows=2100, seed=1), note="first")
-    for h in hosts:
-        h.start_agent()
-    fleet.wait_all(hosts, "applied", first["seq"])
-    return first
 
 
 def _push_canary(fleet: Fleet, name: str, canary: str, bake: float) -> dict:
@@ -55,7 +47,7 @@ def test_a_canary_whose_error_rate_rises_halts_the_rollout(fleet: Fleet,
     vhost = prom_stack.app.add_host(canary.name, canary.live)
     load = LoadGen(prom_stack.app, canary.name)
     try:
-        first = _first(fleet, hosts)
+        first = fleet.first_release(hosts)
         # the new build makes the app fail every 2nd request while it is live (release 2)
         vhost.fault = Fault(error_ratio=0.5, release_id=2)
         second = _push_canary(fleet, "two.db", canary.name, bake=60)
@@ -100,7 +92,7 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
             'events = ["fleet-rollout-paused"]\n')
     others = [fleet.host("wi-app1", extra=hook)]  # no analysis of its own
     hosts = [canary, *others]
-    first = _first(fleet, hosts)
+    first = fleet.first_release(hosts)
     second = _push_canary(fleet, "two.db", canary.name, bake=1)
     rollout = wait_for("the rollout paused",
                        lambda: (r := _rollout(fleet))["state"] == "paused" and r, timeout=40)
@@ -149,7 +141,7 @@ def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet,
     # the second wave's host analyses its bake too (vector(0): always a pass)
     app = fleet.host("wr-app", extra=analysis_toml(prom_stack.prom.url, "vector(0)",
                                                   interval_s=1, inconclusive_limit=3))
-    _first(fleet, [canary, app])
+    fleet.first_release([canary, app])
     second = _push_canary(fleet, "two.db", canary.name, bake=bake)
     seen: set[str] = set()
 
