@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fleet_delta import load, part_a, part_c, print_a, print_c, rebuilt, updated  # noqa: E402
+from fleet_delta import load, part_a, part_c, print_a, print_c, rebuilt, updated, weed_fleet  # noqa: E402
 
 from bench import OUT, candidate  # noqa: E402
 
@@ -145,22 +143,7 @@ def ack_read_cost(server, template: dict[str, object], n: int, runs: int = 5,
 
 
 def part_b(rows: int, agents: int, rollbacks: int, ack_hosts: int) -> dict[str, object]:
-    from releaser.fleet.bucket import Bucket
-    from tests.fleet.fleetenv import Fleet
-    from tests.s3server import CREDENTIALS, WeedServer
-
-    for k, v in CREDENTIALS.items():
-        os.environ.setdefault(k, v)
-    work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=OUT))
-    server = WeedServer(work / "weed")
-    server.start()
-    fleet = None
-    try:
-        url = "s3://releases/bench"
-        fleet = Fleet(tmp=work, url=url, endpoint=server.endpoint_url,
-                      bucket=Bucket(url, endpoint_url=server.endpoint_url,
-                                    region="us-east-1"),
-                      key=work / "fleet.key", pub=work / "fleet.pub")
+    with weed_fleet("fleet-bench-", "bench") as (fleet, server):
         poll_s = 1.0
         hosts = [fleet.host(f"app{i}", poll_s=poll_s) for i in range(agents)]
         base = rebuilt(candidate(rows, 1))
@@ -199,11 +182,6 @@ def part_b(rows: int, agents: int, rollbacks: int, ack_hosts: int) -> dict[str, 
                 "push_to_all_s": push_s, "local_publish_s": publish_s,
                 "rollbacks": trials, "local_switch_ms": switch, "ack_read": cost,
                 "load": load_b, "load_after": load()}
-    finally:
-        if fleet is not None:
-            fleet.stop_all()
-        server.stop(graceful=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _median(xs: list[float]) -> float:

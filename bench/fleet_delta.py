@@ -18,7 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -202,25 +205,40 @@ def print_a(a: dict[str, object]) -> bool:
     return pct <= 5 and ok_mem and bool(a["rebuilt_identical"])
 
 
-def part_c(rows: int) -> dict[str, object]:
-    """One real `releaser agent --once` taking the 1 %-updated large build as a delta:
-    peak RSS of the whole agent (download, rebuild, the publish gates), bytes."""
+@contextmanager
+def weed_fleet(prefix: str, name: str) -> Iterator[tuple[Any, Any]]:
+    """A local SeaweedFS and a test Fleet on s3://releases/NAME, in a new folder under
+    OUT (prefix); the agents, the server and the folder are gone afterwards."""
     from releaser.fleet.bucket import Bucket
-    from tests.conftest import RELEASER_BIN
     from tests.fleet.fleetenv import Fleet
     from tests.s3server import CREDENTIALS, WeedServer
 
     for k, v in CREDENTIALS.items():
         os.environ.setdefault(k, v)
-    work = Path(tempfile.mkdtemp(prefix="fleet-large-", dir=OUT))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=OUT))
     server = WeedServer(work / "weed")
     server.start()
+    fleet = None
     try:
-        url = "s3://releases/large"
+        url = f"s3://releases/{name}"
         fleet = Fleet(tmp=work, url=url, endpoint=server.endpoint_url,
                       bucket=Bucket(url, endpoint_url=server.endpoint_url,
                                     region="us-east-1"),
                       key=work / "fleet.key", pub=work / "fleet.pub")
+        yield fleet, server
+    finally:
+        if fleet is not None:
+            fleet.stop_all()
+        server.stop(graceful=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def part_c(rows: int) -> dict[str, object]:
+    """One real `releaser agent --once` taking the 1 %-updated large build as a delta:
+    peak RSS of the whole agent (download, rebuild, the publish gates), bytes."""
+    from tests.conftest import RELEASER_BIN
+
+    with weed_fleet("fleet-large-", "large") as (fleet, _server):
         host = fleet.host("big0", poll_s=1.0)
         for cfg in (host.config, fleet.build.config):  # gate queries on 1 GB take seconds
             text = cfg.read_text()
@@ -241,9 +259,6 @@ def part_c(rows: int) -> dict[str, object]:
                 "full_bytes": full_bytes, "full_s": full_s, "full_rss_kib": full_rss,
                 "delta_bytes": ack["bytes_downloaded"], "delta_s": delta_s,
                 "delta_rss_kib": delta_rss, "load": load()}
-    finally:
-        server.stop(graceful=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_c(c: dict[str, object]) -> bool:
