@@ -203,6 +203,10 @@ class Watcher(InboxPublisher):
                 signal.signal(sig, lambda *_: self.stop_event.set())
         poll_s = min(1.0, max(0.1, self.settle_s / 2))
         observer = PollingObserver(timeout=poll_s) if self.polling else Observer()
+        # the identity of the folder the observer is about to follow, taken before READY=1
+        # and the "watching" line: a replacement after either is then seen at the next
+        # tick, not left to the 30 s rescan
+        inbox_id = _folder_id(self.inbox)
         observer.schedule(_Handler(self), str(self.inbox), recursive=False)
         worker = threading.Thread(target=self._work, name="watch-worker", daemon=True)
         observer.start()
@@ -216,7 +220,6 @@ class Watcher(InboxPublisher):
         next_prune = time.monotonic()
         ping_s = sdnotify.watchdog_interval_s()  # WatchdogSec= in the unit, if set
         next_ping = time.monotonic()
-        inbox_id = _folder_id(self.inbox)
         try:
             while not self.stop_event.wait(tick):
                 if ping_s and time.monotonic() >= next_ping:

@@ -179,18 +179,23 @@ def test_inbox_moved_away_and_recreated_gets_done_and_rejected_again(
     inbox = published.tmp / "inbox"
     inbox.mkdir()
     published.write_config(f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.2\n')
-    w = Watch(published)
+    # replaced inside the watcher just as it sends READY=1 (after its "watching" line):
+    # the identity it compares against must be the folder it watches, taken before, or
+    # the new folder is left to the 30 s rescan and never gets done/ and rejected/
+    old = published.tmp / "inbox.old"
+    setup = (f"patch('releaser.sdnotify.notify', before=lambda *a, **k: 'READY=1' in a "
+             f"and (os.rename({str(inbox)!r}, {str(old)!r}), os.mkdir({str(inbox)!r})))")
+    w = Watch(published, runner=lambda *args: faults.argv(*args, setup=setup))
     try:
-        # replaced once the watcher watches: done/ alone appearing was too early (it makes
-        # rejected/ next, and takes the folder's identity after that), which either made
-        # it exit 2 or left the new folder to the 30 s rescan
         w.wait_log("watching")
-        inbox.rename(published.tmp / "inbox.old")
-        inbox.mkdir()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # well before the 30 s rescan
+        while not ((inbox / "done").is_dir() and (inbox / "rejected").is_dir()):
+            assert time.monotonic() < deadline and w.proc.poll() is None, "".join(w.stderr)
+            time.sleep(0.05)
+        assert (old / "done").is_dir()  # it did replace the folder the watcher had made
         db = published.make_db("three.db", seed=3)
         os.replace(db, inbox / "three.db")
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 20
         while not (inbox / "done" / "three.db").exists():
             assert time.monotonic() < deadline and w.proc.poll() is None, "".join(w.stderr)
             time.sleep(0.1)

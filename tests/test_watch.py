@@ -24,10 +24,13 @@ class Watch:
     """The watcher process; its JSON lines (one per processed file) on a queue."""
 
     def __init__(self, env: Env, *args: str,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None,
+                 runner: Callable[..., list[str]] | None = None) -> None:
+        """runner: builds the command from releaser's arguments (e.g. faults.argv)."""
+        releaser_args = ["--config", str(env.config), "-v", "watch", "--json", *args]
+        cmd = runner(*releaser_args) if runner else [str(RELEASER_BIN), *releaser_args]
         self.proc = subprocess.Popen(
-            [str(RELEASER_BIN), "--config", str(env.config), "-v", "watch", "--json", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.results: queue.Queue[dict] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read_out, daemon=True).start()
