@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from . import signals
 from .config_calls import Hook
 
 log = logging.getLogger("releaser.hooks")
@@ -70,19 +71,24 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -
     """
     t0 = time.perf_counter()
     full_env = {**os.environ, **env}
-    try:
-        proc = subprocess.Popen(
-            list(argv), env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    except OSError as exc:
-        return HookResult(tuple(argv), False, None, _ms(t0), "",
-                          f"cannot run: {exc.strerror or exc}")
     tail = bytearray()
-    assert proc.stdout is not None
-    reader = threading.Thread(target=_drain, args=(proc.stdout, tail), daemon=True,
-                              name="releaser-hook-output")
-    reader.start()
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        # a signal while the hook starts (its process may already run before Popen
+        # returns; Thread.start waits for the thread) is held until proc is known, so
+        # the group is killed below instead of outliving us
+        with signals.deferred():
+            try:
+                proc = subprocess.Popen(
+                    list(argv), env=full_env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                return HookResult(tuple(argv), False, None, _ms(t0), "",
+                                  f"cannot run: {exc.strerror or exc}")
+            assert proc.stdout is not None
+            reader = threading.Thread(target=_drain, args=(proc.stdout, tail), daemon=True,
+                                      name="releaser-hook-output")
+            reader.start()
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
@@ -90,7 +96,8 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -
         return HookResult(tuple(argv), False, proc.returncode, _ms(t0), _text(tail),
                           f"timed out after {timeout_s:g} s")
     except BaseException:
-        _kill_group(proc)  # interrupted: the hook must not outlive the command
+        if proc is not None:
+            _kill_group(proc)  # interrupted: the hook must not outlive the command
         raise
     reader.join(timeout=READ_GRACE_S)
     text = _text(tail)

@@ -97,6 +97,28 @@ after_swap = [{{ argv = ["sh", "-c", "sleep 60 & echo $! >> {pids}; echo $$ >> {
     assert not any(_alive(p) for p in left), left
 
 
+def test_a_signal_while_a_hook_starts_still_kills_it(published: Env) -> None:
+    """SIGTERM the moment the hook's Popen returned (before run_command could wait on
+    it, as a loaded machine allows): the hook is killed all the same."""
+    pidfile = published.tmp / "hook.pid"
+    published.write_config("""
+[hooks]
+after_swap = [{ argv = ["sleep", "60"], timeout_s = 60 }]
+""")
+    setup = ("patch('subprocess.Popen', after=lambda p, argv, *a, **k: "
+             f"(__import__('pathlib').Path({str(pidfile)!r}).write_text(str(p.pid)), "
+             "signal_self(signal.SIGTERM)) if argv[:1] == ['sleep'] else None)")
+    proc = subprocess.run(faults.argv("--config", str(published.config), "publish",
+                                      str(published.make_db("three.db", seed=3)), setup=setup),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    hook = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(hook) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(hook), "the hook outlived the interrupted publish"
+
+
 def test_hook_printing_300_mb_keeps_publish_memory_flat(published: Env) -> None:
     """Item 12: a hook's output is streamed and only a bounded tail kept."""
     script = published.tmp / "loud.py"
