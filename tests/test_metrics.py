@@ -241,3 +241,27 @@ def test_alerts_and_dashboard_use_exported_metrics() -> None:
         exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
         used = set().union(*(_metric_names(e) for e in exprs))
         assert used and used <= exported, (path, used - exported)
+
+
+def test_readme_names_every_metric() -> None:
+    """Each metric the monitor or the agent exports is named in README.md (a counter with
+    its _total, an info with its _info; `releaser_{a,b}_total` lists count)."""
+    import itertools
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).parent.parent
+    names = set()
+    for source in ("releaser/metrics.py", "releaser/fleet/agentmetrics.py"):
+        names |= set(re.findall(r'"(releaser_[a-z_]+)"', (repo / source).read_text()))
+    assert {"releaser_state_db_usable", "releaser_agent_applied_seq"} <= names
+    readme = (repo / "README.md").read_text()
+    named = set()
+    for word in re.findall(r"releaser_[a-z_{},]+", readme):
+        word = re.sub(r"\{[a-z_,]*\}$", "", word)  # labels: releaser_x{probe}
+        parts = re.split(r"\{([a-z_,]+)\}", word)  # expand releaser_{a,b}_total
+        choices = [p.split(",") if i % 2 else [p] for i, p in enumerate(parts)]
+        named |= {"".join(c) for c in itertools.product(*choices)}
+    missing = sorted(n for n in names
+                     if not {n, f"{n}_total", f"{n}_info"} & named)
+    assert missing == [], "metrics not named in README.md"
