@@ -12,14 +12,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import access, gates
+from . import access
 from .config import Config
 from .db import ReadOnlyDB
 from .staging import sha256_file
 from .state import Release, StateDB
 from .store import Store, release_id_of
+
+if TYPE_CHECKING:
+    from .gate_result import GateResult
 
 
 @dataclass
@@ -28,7 +31,7 @@ class HealthReport:
     release_id: int | None
     path: str | None
     reasons: list[str] = field(default_factory=list)
-    results: list[gates.GateResult] = field(default_factory=list)
+    results: list[GateResult] = field(default_factory=list)
     duration_ms: float = 0.0
     hashed: bool = False
     integrity_checked: bool = False
@@ -65,6 +68,8 @@ def check_live(
 
 def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
            integrity: bool) -> HealthReport:
+    from . import gates  # a full check runs gates; status' identity checks do not
+
     # live_path is resolved once: a swap during the check must not mix two releases
     target = store.live_target()
     rid = release_id_of(target) if target is not None and store.slot_of(target) else None

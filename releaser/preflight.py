@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import access, gates
+from . import access
 from .errors import UsageError
+from .gate_result import WARN, GateResult
 from .store import Store
 
 
@@ -58,14 +59,14 @@ def hot_journal(source: Path) -> str | None:
     return None
 
 
-def source_sidecar_warnings(source: Path) -> list[gates.GateResult]:
+def source_sidecar_warnings(source: Path) -> list[GateResult]:
     """An empty -wal beside the source: nothing is pending (the copy is whole), but
     SQLite deletes it when the last connection closes, so something may still have
     the build open. A warning: `--strict` refuses it."""
     wal = Path(f"{source}-wal")
     if not wal.exists() or wal.stat().st_size > 0:
         return []
-    return [gates.GateResult(
-        "source_wal", "file", gates.WARN, observed=0, threshold="no -wal beside the source",
+    return [GateResult(
+        "source_wal", "file", WARN, observed=0, threshold="no -wal beside the source",
         detail=f"{wal} exists (0 bytes): a connection may still have the build open; "
                "publish once the build has closed it, or without --strict")]

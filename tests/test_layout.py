@@ -28,6 +28,10 @@ NOT_FOR_LIGHT_COMMANDS = (
     "boto3", "botocore", "zstandard", "cryptography",
 )
 
+# The gates (and their check engine): only commands that run a gate load them, not
+# the read-only views (status, history, fsck) that run on every page of a dashboard.
+GATES = ("releaser.gates", "releaser.checks", "releaser.indexcheck")
+
 # Runs one CLI command in a fresh interpreter, then writes what it imported.
 PROBE = """
 import json, os, sys
@@ -59,7 +63,11 @@ def heavy(modules: set[str]) -> list[str]:
 def test_help_status_and_rollback_import_only_what_they_use(published: Env) -> None:
     cfg = ("--config", str(published.config))
     assert heavy(imported_by(published.tmp, "--help")) == []
-    assert heavy(imported_by(published.tmp, *cfg, "status")) == []
+    status = imported_by(published.tmp, *cfg, "status")
+    assert heavy(status) == []
+    assert status.isdisjoint(GATES)
+    assert imported_by(published.tmp, *cfg, "history").isdisjoint(GATES)
+    assert GATES[0] in imported_by(published.tmp, *cfg, "check")  # the probe sees it load
     assert heavy(imported_by(published.tmp, *cfg, "rollback", "--reason", "layout")) == []
     assert published.status()["live"]["release_id"] == 1  # the rollback really ran
     # the probe sees imports: `diff` does load the diff engine
