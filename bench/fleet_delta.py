@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,55 +31,58 @@ from bench import OUT, candidate  # noqa: E402
 from releaser.fleet import delta, transfer  # noqa: E402
 
 
-def rebuilt(src: Path) -> Path:
-    """src as a rebuild writes it (VACUUM INTO: packed, in rowid order), cached."""
-    dst = src.with_name(src.stem + "-rebuilt.db")
+def _cached(dst: Path, what: str, make: Callable[[Path], None]) -> Path:
+    """dst, made once (make(tmp), then renamed into place) and reused by later runs."""
     if not dst.exists():
-        print(f"making {dst.name} (VACUUM INTO)...", flush=True)
+        print(f"making {dst.name} ({what})...", flush=True)
         tmp = dst.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
-        conn = sqlite3.connect(src)
-        conn.execute("VACUUM INTO ?", (str(tmp),))
-        conn.close()
+        make(tmp)
         os.replace(tmp, dst)
     return dst
 
 
-def updated(src: Path, pct: float = 1.0) -> Path:
-    dst = src.with_name(src.stem + f"-upd{pct:g}.db")
-    if not dst.exists():
-        print(f"making {dst.name} ({pct:g} % of rows updated, ids stable)...", flush=True)
-        tmp = dst.with_suffix(".tmp")
+def _edited(src: Path, dst: Path, what: str, *sql: str) -> Path:
+    """A copy of src with sql run on it, then VACUUMed as a rebuild would pack it."""
+    def make(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         conn = sqlite3.connect(tmp)
-        conn.execute("UPDATE tags_final SET post_count = post_count + 7 WHERE id % ? = 0",
-                     (int(100 / pct),))
+        for statement in sql:
+            conn.execute(statement)
         conn.commit()
         conn.execute("VACUUM")
         conn.close()
-        os.replace(tmp, dst)
-    return dst
+
+    return _cached(dst, what, make)
+
+
+def rebuilt(src: Path) -> Path:
+    """src as a rebuild writes it (VACUUM INTO: packed, in rowid order), cached."""
+    def make(tmp: Path) -> None:
+        conn = sqlite3.connect(src)
+        conn.execute("VACUUM INTO ?", (str(tmp),))
+        conn.close()
+
+    return _cached(src.with_name(src.stem + "-rebuilt.db"), "VACUUM INTO", make)
+
+
+def updated(src: Path, pct: float = 1.0) -> Path:
+    return _edited(src, src.with_name(src.stem + f"-upd{pct:g}.db"),
+                   f"{pct:g} % of rows updated, ids stable",
+                   "UPDATE tags_final SET post_count = post_count + 7 "
+                   f"WHERE id % {int(100 / pct)} = 0")
 
 
 def churned(src: Path) -> Path:
     """src with 0.5 % of rows deleted and 0.5 % inserted (ids of the rest stable)."""
-    dst = src.with_name(src.stem + "-churn.db")
-    if not dst.exists():
-        print(f"making {dst.name} (0.5 % deleted, 0.5 % inserted)...", flush=True)
-        tmp = dst.with_suffix(".tmp")
-        shutil.copyfile(src, tmp)
-        conn = sqlite3.connect(tmp)
-        conn.execute("DELETE FROM tags_final WHERE id % 200 = 1")
-        conn.execute("INSERT INTO tags_final(name, main_category, sub_category, "
-                     "classification_source, classification_confidence, post_count) "
-                     "SELECT name || '_new', main_category, sub_category, "
-                     "classification_source, classification_confidence, post_count + 1 "
-                     "FROM tags_final WHERE id % 200 = 2")
-        conn.commit()
-        conn.execute("VACUUM")
-        conn.close()
-        os.replace(tmp, dst)
-    return dst
+    return _edited(src, src.with_name(src.stem + "-churn.db"),
+                   "0.5 % deleted, 0.5 % inserted",
+                   "DELETE FROM tags_final WHERE id % 200 = 1",
+                   "INSERT INTO tags_final(name, main_category, sub_category, "
+                   "classification_source, classification_confidence, post_count) "
+                   "SELECT name || '_new', main_category, sub_category, "
+                   "classification_source, classification_confidence, post_count + 1 "
+                   "FROM tags_final WHERE id % 200 = 2")
 
 
 def load() -> str:
