@@ -154,8 +154,28 @@ def startup_row(trials: int = 21) -> tuple[str, float, str, float, str, bool]:
             ratio <= 2.0)
 
 
-def integrity_rows(db_path: Path, trials: int = 3, full_check: bool = True
-                   ) -> list[tuple[str, float, str, float, str, bool]]:
+def cpu_idle(seconds: float = 3.0) -> float:
+    """The fraction of the machine's CPU time that was idle over the next seconds."""
+    def snap() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+    i0, t0 = snap()
+    time.sleep(seconds)
+    i1, t1 = snap()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(max_wait_s: float, fraction: float = 0.9) -> float:
+    """Wait (up to max_wait_s) for a moment the CPU is mostly idle; its idle fraction."""
+    deadline = time.monotonic() + max_wait_s
+    while (idle := cpu_idle()) < fraction and time.monotonic() < deadline:
+        time.sleep(5)
+    return idle
+
+
+def integrity_rows(db_path: Path, trials: int = 3, full_check: bool = True,
+                   wait_idle_s: float = 0.0) -> list[tuple[str, float, str, float, str, bool]]:
     """The integrity gate as publish runs it (gates.run_gates with no [[checks]] or
     [[probes]]: quick_check, with the index-vs-table check spread over connections
     beside it, then the cheap structural gates) against quick_check alone (the same
@@ -211,6 +231,8 @@ def integrity_rows(db_path: Path, trials: int = 3, full_check: bool = True
             pass
     q, g, ix, q_cpu, g_cpu = [], [], [], [], []
     for trial in range(trials):  # interleaved: the same machine load for each
+        if wait_idle_s:
+            print(f"  CPU {wait_idle(wait_idle_s):.0%} idle", flush=True)
         q.append(quick())
         g.append(gate())
         ix.append(index_only())
@@ -265,6 +287,9 @@ def main() -> int:
                     help="only the integrity gate against quick_check and integrity_check")
     ap.add_argument("--db", type=Path,
                     help="with --integrity-only: this file instead of the generated one")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="with --integrity-only: before each trial, wait up to SECONDS "
+                         "for a moment the CPU is 90%% idle (a shared machine)")
     ap.add_argument("--skip-integrity-check", action="store_true",
                     help="with --integrity-only: leave out the ~25x slower integrity_check")
     args = ap.parse_args()
@@ -275,7 +300,8 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     if args.integrity_only:
         big = args.db or candidate(args.rows, 1)
-        rows = integrity_rows(big, full_check=not args.skip_integrity_check)
+        rows = integrity_rows(big, full_check=not args.skip_integrity_check,
+                              wait_idle_s=args.wait_idle)
         print_rows(rows)
         return 0 if all(r[-1] for r in rows) else 1
     big, small = candidate(args.rows, 1), candidate(args.small_rows, 1)
