@@ -12,7 +12,6 @@ what is created inside gets the group); state.db and lock are 0664; release file
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import grp
 import os
@@ -209,21 +208,21 @@ def can_see_other_users_processes() -> bool:
     return bool(dac and eff >> CAP_SYS_PTRACE & 1)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
 def drop_inheritable_capabilities() -> bool:
     """Empty the inheritable set, which empties the ambient set too: children (hooks)
     start without the capabilities this process was given. Keeps effective/permitted.
     Returns False when there was nothing to drop or it could not be done."""
     if not _cap_set("CapInh") and not _cap_set("CapAmb"):
         return False
+    import ctypes  # only here: ctypes costs every command a few ms of start-up
+
+    class _CapHeader(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class _CapData(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
