@@ -25,7 +25,7 @@ NOT_FOR_LIGHT_COMMANDS = (
     "releaser.notify", "releaser.httpclient", "http.client", "ssl", "email",
     "releaser.diff", "releaser.monitor", "releaser.watch", "releaser.metrics",
     "prometheus_client", "watchdog", "apscheduler",
-    "boto3", "botocore", "zstandard", "cryptography", "ctypes",
+    "boto3", "botocore", "zstandard", "cryptography", "ctypes", "socket",
 )
 
 # The gates (and their check engine): only commands that run a gate load them, not

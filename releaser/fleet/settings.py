@@ -7,7 +7,6 @@ also signing_key.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,6 +74,8 @@ def download_dir(config: Config) -> Path:
 
 
 def host_id(fleet: Fleet) -> str:
+    import socket  # here only: every command loads the settings, few need the host name
+
     from .layout import check_name
 
     return check_name(fleet.host_id or socket.gethostname().split(".")[0], "host_id")
