@@ -4,7 +4,8 @@ The permission model (README "Users and permissions"): the store is owned by the
 service user and group-writable by the publishers' group (folders 2775, setgid, so
 what is created inside gets the group); state.db and lock are 0664; release files
 0444. Invariants kept here:
-- modes are set explicitly (fchmod/chmod), never left to the umask;
+- modes are set explicitly (fchmod/chmod), never left to the umask; SQLite's own
+  -wal/-shm are created under group_writable_umask() (state.db's mode from creation);
 - a permission problem is found before anything changes, and is reported as one
   line naming the path, the user, and what to do (a UsageError: exit 2);
 - a process count this user cannot see is "unknown", never zero.
@@ -17,6 +18,8 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
@@ -87,6 +90,25 @@ def set_mode(path: Path | int, mode: int) -> None:
                 f"{where}: mode {stat.S_IMODE(st.st_mode):04o}, should be {mode:04o}, and user "
                 f"{user_name()} may not change it ({_owner(st)}); run `releaser init` as its "
                 f"owner or root ({GUIDE})") from None
+
+
+@contextmanager
+def group_writable_umask() -> Iterator[None]:
+    """Around opening state.db and its first statement (when SQLite creates -wal/-shm).
+
+    SQLite creates them with open(O_CREAT, state.db's mode) and only then fchmods (and,
+    as root, fchowns) them: under a umask of 022 or 077 they are briefly 0644/0600, and
+    a publisher or the monitor opening state.db in that instant gets a read-only WAL
+    ("attempt to write a readonly database") while `releaser status` runs as root or
+    on-call. Clearing the umask's group bits makes them group-writable from creation.
+    The umask is per process: another thread creating a file meanwhile gets group
+    bits, which every file of ours sets explicitly anyway."""
+    old = os.umask(0o002)
+    os.umask(old & ~0o070)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def make_dir(path: Path, mode: int = DIR_MODE) -> None:

@@ -91,10 +91,11 @@ class StateDB(CountersMixin):
             if degraded is None and (created or os.stat(path).st_uid == os.geteuid()):
                 # 0664 whatever the umask; SQLite gives -wal/-shm/-journal this mode
                 access.set_mode(path, access.SHARED_FILE_MODE)
-            if degraded is None:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(SCHEMA)
+            with access.group_writable_umask():  # SQLite creates -wal/-shm here
+                if degraded is None:
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                    self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
             if "readonly" in str(exc):
                 raise UsageError(

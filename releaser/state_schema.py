@@ -128,7 +128,8 @@ def open_readonly(path: Path, timeout_s: float = 2.0) -> sqlite3.Connection:
         conn = sqlite3.connect(attempt, uri=True, timeout=timeout_s, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            with access.group_writable_umask():  # a reader may create -wal/-shm too
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.Error as exc:
             conn.close()

@@ -343,3 +343,40 @@ def test_journal_rotation_by_another_publisher(dep: Deployment) -> None:
     assert [(e["at"], e["action"], e["outcome"], e["release_id"]) for e in after] == view
     assert len(view) == 2  # keep_events
     assert dep.app_reads() == 3010
+
+
+def test_a_reader_creating_the_wal_never_makes_a_publisher_read_only(dep: Deployment) -> None:
+    """SQLite creates state.db-wal with open(O_CREAT) and only then fixes its mode: root's
+    `status` (umask 022) is stopped by strace right after that open, and carol publishes
+    in the instant a loaded machine could also give her. She must get a writable WAL:
+    before group_writable_umask it was 0644 root's, and her publish failed with
+    "attempt to write a readonly database"."""
+    dep.run("svc", "init", umask=0o027)
+    dep.run("alice", "publish", str(dep.build("alice", "tags.db", rows=3000, seed=1)),
+            umask=0o077)
+    wal = dep.root / "state.db-wal"
+    assert not wal.exists()  # the last connection removed it: the reader creates it
+    trace = dep.base / "status.strace"
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", str(trace), "-P", str(wal), "-e", "trace=openat",
+         "-e", "inject=openat:signal=SIGSTOP:when=1",
+         str(dep.runtime.bin), "--config", str(dep.config), "status"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, umask=0o022,
+        env=dep.env("root"), cwd=dep.base)
+    dep.procs.append(tracer)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    stopped = []
+    while not stopped:  # strace reports the status process stopped after creating the -wal
+        assert tracer.poll() is None and time.monotonic() < deadline, tracer.stderr
+        time.sleep(0.05)
+        log = trace.read_text() if trace.exists() else ""
+        stopped = [int(ln.split()[0]) for ln in log.splitlines() if "stopped by SIGSTOP" in ln]
+    try:
+        assert wal.exists()
+        dep.run("carol", "publish", str(dep.build("carol", "tags.db", rows=3010, seed=2)),
+                umask=0o077)
+    finally:
+        os.kill(stopped[0], signal.SIGCONT)
+    out, err = tracer.communicate(timeout=60)
+    assert tracer.returncode == 0, err
+    assert _live_id(dep) == 2 and dep.app_reads() == 3010

@@ -233,9 +233,14 @@ class Deployment:
         return path
 
     def state_rows(self, sql: str) -> list[tuple[object, ...]]:
+        """Read state.db as root, the way releaser's readers do: a -wal/-shm this reader
+        creates is group-writable from creation (else the monitor, writing as the service
+        user in that instant, gets "attempt to write a readonly database")."""
+        from releaser.access import group_writable_umask
         conn = sqlite3.connect(f"file:{self.root / 'state.db'}?mode=ro", uri=True)
         try:
-            return conn.execute(sql).fetchall()
+            with group_writable_umask():
+                return conn.execute(sql).fetchall()
         finally:
             conn.close()
 
