@@ -75,7 +75,13 @@ def p95(durations: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def run_probe(db: ReadOnlyDB, probe: Probe, runs: int) -> GateResult:
+def run_probe(db: ReadOnlyDB, probe: Probe, runs: int, *, slow_warns: bool = False
+              ) -> GateResult:
+    """Rows and p95 over `runs` runs against the probe's budget. slow_warns: the O(1)
+    checks (rollback target, post-swap, monitor) run a probe once, which is no
+    percentile: one slow run on a busy host is a warning there, never a reason to
+    refuse a rollback or revert; its rows, errors and the query time limit still
+    decide (the publish gate judged the p95 over probe_runs)."""
     threshold = f"p95 <= {probe.budget_ms:g} ms" + (
         f", >= {probe.min_rows} rows" if probe.min_rows else "")
     r = GateResult(probe.name, "probe", PASS, threshold=threshold)
@@ -96,6 +102,10 @@ def run_probe(db: ReadOnlyDB, probe: Probe, runs: int) -> GateResult:
     r.observed = round(q, 3)
     if rows < probe.min_rows:
         r.outcome, r.detail = FAIL, f"returned {rows} row(s), expected at least {probe.min_rows}"
+    elif q > probe.budget_ms and slow_warns:
+        r.outcome, r.detail = WARN, (
+            f"one run took {q:.1f} ms, over the {probe.budget_ms:g} ms budget "
+            f"(a single run on a busy host; the publish gate judges the p95)")
     elif q > probe.budget_ms:
         r.outcome, r.detail = FAIL, (
             f"p95 {q:.1f} ms over {runs} runs exceeds the {probe.budget_ms:g} ms budget")

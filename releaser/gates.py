@@ -292,7 +292,7 @@ def quick_structural_check(path: Path, config: Config) -> GateReport:
         return report
     with db:
         for probe in config.probes:
-            report.results.append(run_probe(db, probe, 1))
+            report.results.append(run_probe(db, probe, 1, slow_warns=True))
     return report
 
 
