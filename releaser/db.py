@@ -115,6 +115,7 @@ class ReadOnlyDB:
             # the file is ours and never written: skip locking and -shm files
             uri += "&immutable=1"
         self._deadline = float("inf")
+        self._cancelled = False  # cancel(): every statement is interrupted from then on
         self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         # the deadline is looked at every progress_ops SQLite steps
         self.conn.set_progress_handler(self._progress, progress_ops or PROGRESS_OPS)
@@ -124,7 +125,16 @@ class ReadOnlyDB:
         self.conn.set_authorizer(_authorize)
 
     def _progress(self) -> int:
-        return 1 if time.monotonic() > self._deadline else 0
+        return 1 if self._cancelled or time.monotonic() > self._deadline else 0
+
+    def cancel(self) -> None:
+        """Stop this connection's work from another thread, for good (then close it).
+
+        conn.interrupt() alone misses a statement its thread has not started yet (it
+        is a no-op when nothing runs): the flag stops that one at its first progress
+        callback, so a scan queued behind a failure never runs to its time limit."""
+        self._cancelled = True
+        self.conn.interrupt()
 
     @contextmanager
     def deadline(self, timeout_ms: int | None = None) -> Iterator[None]:

@@ -256,7 +256,7 @@ def run_gates(path: Path, config: Config, baseline: dict[str, float] | None = No
             # a structural failure or an exception (Ctrl-C...): stop the scans now
             # instead of waiting for them to read the whole file
             for side in sides:
-                side.conn.interrupt()
+                side.cancel()
         pool.shutdown(wait=True)
         for side in sides:
             side.close()

@@ -201,7 +201,7 @@ def run(dbs: Sequence[ReadOnlyDB], p: Plan, timeout_ms: int) -> list[str]:
             errors.append(exc)
             for other in dbs:
                 if other is not db:
-                    other.conn.interrupt()
+                    other.cancel()
 
     threads = [threading.Thread(target=work, args=(db,), name="releaser-indexcheck")
                for db in dbs[1:]]

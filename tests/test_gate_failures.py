@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from . import faults
 from .conftest import RELEASER_BIN, Env
 from .robust import peak_rss_kib
@@ -189,9 +191,13 @@ min_rows = 1
     assert rss_kib < 100 * 1024, f"peak RSS {rss_kib / 1024:.0f} MB"
 
 
-def test_gates_stop_the_background_scans_when_they_fail_early(published: Env) -> None:
+@pytest.mark.parametrize("checks_start", ["at once", "late"])
+def test_gates_stop_the_background_scans_when_they_fail_early(published: Env,
+                                                               checks_start: str) -> None:
     """Item 11: an exception in the structural gates interrupts the [[checks]] thread
-    instead of waiting for its full-table query (here one that would run 120 s)."""
+    instead of waiting for its full-table query (here one that would run 120 s).
+    "late": the checks thread starts its query only after the failure (a loaded
+    machine), when an interrupt alone would find nothing running to stop."""
     published.write_config("""
 [[checks]]
 name = "endless"
@@ -202,6 +208,8 @@ fail = { min = 0 }
                                                 "query_timeout_ms = 120000")
     published.config.write_text(text)
     boom = 'patch("check_foreign_keys", before=lambda *a, **k: 1 / 0)'
+    if checks_start == "late":
+        boom += '\nimport time\npatch("_run_checks", before=lambda *a, **k: time.sleep(1))'
     proc = subprocess.run(
         faults.argv("--config", str(published.config), "validate",
                     str(published.make_db("x.db", seed=3)), setup=boom),
