@@ -111,8 +111,13 @@ class Watcher(InboxPublisher):
             if ctx.store.is_inside(self.inbox):
                 raise UsageError(f"{self.inbox}: the inbox is inside the releaser store "
                                  f"({ctx.store.root}); use a folder outside it")
+        if not self.inbox.parent.is_dir():
+            # a typo in --inbox or [watch] inbox must not build a tree nobody drops into
+            raise UsageError(f"{self.inbox.parent}: no such folder for the inbox "
+                             f"{self.inbox.name}/; check --inbox or [watch] inbox (watch "
+                             "creates the inbox folder itself, not its parents)")
         try:
-            self.inbox.mkdir(parents=True, exist_ok=True)
+            self.inbox.mkdir(exist_ok=True)
             for d in (self.inbox / DONE, self.inbox / REJECTED):
                 _shared_subfolder(self.inbox, d)
         except OSError as exc:

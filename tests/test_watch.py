@@ -260,3 +260,11 @@ def test_store_io_error_is_retried_then_rejected_with_the_count(store: Env,
         assert sum("temporary failure (try" in line for line in w.stderr) == 5
     finally:
         assert w.stop() == 0
+
+
+def test_an_inbox_under_a_missing_folder_is_a_usage_error(store: Env) -> None:
+    """A typo in --inbox creates nothing: one line naming the missing folder, exit 2."""
+    typo = store.tmp / "srv" / "inbx" / "inbox"
+    r = store.run("watch", "--inbox", str(typo), expect=2)
+    assert f"{typo.parent}: no such folder" in r.stderr and "Traceback" not in r.stderr
+    assert not (store.tmp / "srv").exists()
