@@ -46,6 +46,7 @@ from . import (
     notify,
     sdnotify,
     session,
+    signals,
     statefile,
     views,
 )
@@ -294,7 +295,7 @@ class Monitor:
         aps.setLevel(max(ours.level, logging.WARNING))
         aps.propagate = False
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, signals.first_only(self._on_signal))
         wd = sdnotify.watchdog_interval_s()
         if wd is not None:
             threading.Thread(target=self.watchdog.loop, args=(wd, self._stop),

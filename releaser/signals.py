@@ -19,19 +19,39 @@ statement runs (it is raised inside SQLite's progress handler, and the statement
 fails with "interrupted"). Code that would record such a failure as a rejected
 build asks raise_if_requested() first: an interruption is never recorded as a
 reject, it ends the command with exit 130.
+
+first_only(handler): the services' stop handlers (monitor, watch, agent) run once.
+Python runs a second signal's handler inside the first one, at its next call; a
+handler that takes a lock (Event.set, Thread.start, a log line) would then block on
+the lock its own thread holds, and the service never stops. The wrapper's flag is
+tested and set with no call in between, so the nested run returns at once.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _depth = 0
 _pending: list[int] = []
+
+
+def first_only(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+    """A signal handler that runs for the first signal only (see the module docstring)."""
+    fired = [False]
+
+    def once(signum: int, frame: Any) -> None:
+        if fired[0]:
+            return
+        fired[0] = True  # before any call: a nested signal sees it
+        handler(signum, frame)
+
+    return once
 
 
 def _main_thread() -> bool:

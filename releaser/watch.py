@@ -42,7 +42,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from . import access, sdnotify, session
+from . import access, sdnotify, session, signals
 from .config import Config
 from .errors import UsageError
 from .inbox_prune import prune_folder
@@ -205,7 +205,7 @@ class Watcher(InboxPublisher):
         self.prepare()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop_event.set())
+                signal.signal(sig, signals.first_only(lambda *_: self.stop_event.set()))
         poll_s = min(1.0, max(0.1, self.settle_s / 2))
         observer = PollingObserver(timeout=poll_s) if self.polling else Observer()
         # the identity of the folder the observer is about to follow, taken before READY=1

@@ -471,3 +471,29 @@ def test_bench_check_cost_does_not_grow_with_size(tmp_path: Path) -> None:
               f"{medians[rows]:.2f} ms, with sha256 + quick_check {full.duration_ms:.1f} ms")
     # 100x the rows; the cheap check stays within noise of the small one
     assert medians[300_000] < 5 * medians[3000] + 2.0
+
+
+SECOND_SIGTERM_WHILE_STOPPING = """
+import os, signal
+sent = []
+def second(*msgs):
+    if any("STOPPING=1" in m for m in msgs) and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled inside the first signal's handler
+patch("releaser.sdnotify.notify", before=second)
+"""
+
+
+def test_a_second_sigterm_while_stopping_is_a_no_op(published: Env) -> None:
+    """systemd may repeat SIGTERM (or on-call presses Ctrl-C twice): the second signal's
+    handler runs nested in the first; it must do nothing, or it blocks on locks its own
+    thread holds (a hang seen in CI) or shuts the scheduler down twice (a traceback)."""
+    set_config(published)
+    with MonitorProc(published, "-v", "monitor", setup=SECOND_SIGTERM_WHILE_STOPPING) as mon:
+        mon.wait_listening()
+        wait_for("the first check", lambda: "check: release 2" in mon.stderr(), 20, mon)
+        mon.signal(signal.SIGTERM)
+        assert mon.stop() == 0
+    err = mon.stderr()
+    assert err.count("received SIGTERM: stopping") == 1, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import sdnotify
+from .. import sdnotify, signals
 from ..analysis_record import iso
 from ..errors import EXIT_GATE, EXIT_IO, EXIT_OK, LockBusy, ReleaserError
 from . import bake as bakes
@@ -359,7 +359,7 @@ def run_agent(config: Config, *, once: bool = False, announce: Any = None) -> in
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, signals.first_only(on_signal))
     server = agent.metrics.serve(agent.fleet.metrics_listen)
     if announce is not None:
         where = f", metrics on {server}" if server else ""
