@@ -22,7 +22,7 @@ reject, it ends the command with exit 130.
 
 first_only(handler): the services' stop handlers (monitor, watch, agent) run once.
 Python runs a second signal's handler inside the first one, at its next call; a
-handler that takes a lock (Event.set, Thread.start, a log line) would then block on
+handler that takes a plain lock (Event.set, Thread.start) would then block on
 the lock its own thread holds, and the service never stops. The wrapper's flag is
 tested and set with no call in between, so the nested run returns at once.
 """
