@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import manifest, rebuild, statefile
+from . import access, manifest, rebuild, statefile
 from .config import Config
 from .errors import UsageError
 from .files import fsync_dir, write_new
@@ -258,9 +258,10 @@ def _repair(config: Config, store: Store, report: FsckReport, *, actor: str) -> 
             problem = exc
     if problem is None:
         try:
-            probe = sqlite3.connect(store.state_path)
-            ok = [r[0] for r in probe.execute("PRAGMA quick_check(1)")] == ["ok"]
-            probe.close()
+            with access.group_writable_umask():  # this open may create -wal/-shm too
+                probe = sqlite3.connect(store.state_path)
+                ok = [r[0] for r in probe.execute("PRAGMA quick_check(1)")] == ["ok"]
+                probe.close()
         except sqlite3.DatabaseError as exc:
             ok, problem = False, statefile.StateUnusable(store.state_path, "damaged", str(exc))
         if not ok and problem is None:
