@@ -102,19 +102,27 @@ class Doctor:
         return Check(PROPERTIES[0], True, f"{self.trials} writes read back at once")
 
     def create_only_race(self) -> Check:
+        return self._one_winner_races(
+            PROPERTIES[1], "create", "If-None-Match: * writers",
+            lambda key: lambda i, body: self.bucket.put_create(key, body))
+
+    def _one_winner_races(self, prop: str, name: str, writers: str,
+                          start: Callable[[str], Callable[[int, bytes], Any]]) -> Check:
+        """trials races, each of every writer at once on a fresh key (start(key) makes
+        the key's write): exactly one wins, and the object holds the winner's bytes."""
         for n in range(self.trials):
-            key = self._key(f"create-{n}")
-            bodies = [f"create {n} writer {i}".encode() for i in range(self.writers)]
-            won = self._race(lambda i, k=key, b=bodies: self.bucket.put_create(k, b[i]))
+            key = self._key(f"{name}-{n}")
+            write = start(key)
+            bodies = [f"{name} {n} writer {i}".encode() for i in range(self.writers)]
+            won = self._race(lambda i, w=write, b=bodies: w(i, b[i]))
             if len(won) != 1:
-                return Check(PROPERTIES[1], False,
-                             f"{len(won)} of {self.writers} concurrent If-None-Match: * "
-                             "writers succeeded (expected exactly 1)")
+                return Check(prop, False, f"{len(won)} of {self.writers} concurrent {writers} "
+                             "succeeded (expected exactly 1)")
             got = self.bucket.get(key).body
             if got != bodies[won[0]]:
-                return Check(PROPERTIES[1], False, "the object does not hold the winner's "
-                             "bytes (a loser overwrote it)")
-        return Check(PROPERTIES[1], True, f"{self.trials} races of {self.writers} writers: "
+                return Check(prop, False, "the object does not hold the winner's bytes "
+                             "(a loser overwrote it)")
+        return Check(prop, True, f"{self.trials} races of {self.writers} writers: "
                      "exactly one winner each")
 
     def stale_if_match(self) -> Check:
@@ -137,22 +145,12 @@ class Doctor:
         return Check(PROPERTIES[2], True, "stale ETag refused, object unchanged")
 
     def concurrent_cas(self) -> Check:
-        for n in range(self.trials):
-            key = self._key(f"cas-{n}")
+        def start(key: str) -> Callable[[int, bytes], Any]:
             etag = self.bucket.put(key, b"base")
-            bodies = [f"cas {n} writer {i}".encode() for i in range(self.writers)]
-            won = self._race(lambda i, k=key, b=bodies, e=etag:
-                             self.bucket.put_if_match(k, b[i], e))
-            if len(won) != 1:
-                return Check(PROPERTIES[3], False,
-                             f"{len(won)} of {self.writers} concurrent If-Match writers "
-                             "from one version succeeded (expected exactly 1)")
-            got = self.bucket.get(key).body
-            if got != bodies[won[0]]:
-                return Check(PROPERTIES[3], False, "the object does not hold the winner's "
-                             "bytes")
-        return Check(PROPERTIES[3], True, f"{self.trials} races of {self.writers} writers: "
-                     "exactly one winner each")
+            return lambda i, body: self.bucket.put_if_match(key, body, etag)
+
+        return self._one_winner_races(PROPERTIES[3], "cas",
+                                      "If-Match writers from one version", start)
 
     def conditional_get(self) -> Check:
         key = self._key("cond")
