@@ -44,6 +44,7 @@ from . import promql
 from .config import Config
 from .config_analysis import REDUCERS as REDUCER_NAMES
 from .config_analysis import Analysis, PrometheusQuery
+from .config_analysis import enabled as enabled  # analysis.enabled, for its callers
 from .errors import ConfigError
 from .httpclient import NoAnswer, http_request
 from .state import utcnow
@@ -58,10 +59,6 @@ ANSWER_MAX = 4 << 20
 
 PASS, FAIL, INCONCLUSIVE, ERROR = "pass", "fail", "inconclusive", "error"
 OUTCOMES = (PASS, FAIL, INCONCLUSIVE, ERROR)
-
-
-def enabled(cfg: Analysis) -> bool:
-    return bool(cfg.prometheus)
 
 
 def evaluate_all(cfg: Analysis, values: dict[str, str]) -> list[Measurement]:

@@ -79,3 +79,8 @@ class Analysis:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"prometheus: duplicate name {dupes[0]!r}")
+
+
+def enabled(cfg: Analysis) -> bool:
+    """Any [[analysis.prometheus]] entry (publish imports the HTTP client only then)."""
+    return bool(cfg.prometheus)

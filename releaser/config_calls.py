@@ -79,6 +79,11 @@ class Verify:
             raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
 
 
+def verify_enabled(cfg: Verify) -> bool:
+    """Any [[verify.http]] or [[verify.exec]] probe (publish imports verify only then)."""
+    return bool(cfg.http or cfg.exec)
+
+
 class Hook(Command):
     """[hooks]: run at a step of publish/rollback with RELEASER_* in the environment."""
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from . import gates, hooks, signals
 from .announce import announce, hook_env
+from .config_analysis import enabled as analysis_enabled
+from .config_calls import verify_enabled
 from .errors import GateFailed
 from .progress import phase
 from .results import PublishResult
@@ -115,22 +117,24 @@ def _verify_after_swap(ctx: Context, result: PublishResult, rid: int,
 
     The [analysis] queries run inside a waited window (window_s > 0; not with
     --no-wait, which leaves them to the monitor's watch)."""
-    # publish only: rollback imports this module for undo_swap, not HTTP and Prometheus
-    from . import analysis, verify
-
     config = ctx.config
     live_id = result.previous_release_id
     env = hook_env(ctx, "publish", release_id=rid, sha256=result.sha256, slot=result.slot,
                previous=live_id)
     result.warnings += hooks.failures("after_swap", hooks.run_hooks(
         "after_swap", config.hooks.after_swap, env))
+    analysing = wait and config.verify.window_s > 0 and analysis_enabled(config.analysis)
+    if not analysing and not verify_enabled(config.verify):
+        return
+    # only with probes or queries: a plain publish (and rollback, which imports this
+    # module for undo_swap) loads neither HTTP nor Prometheus
+    from . import analysis, verify
+
     run = None
-    if wait and config.verify.window_s > 0 and analysis.enabled(config.analysis):
+    if analysing:
         run = analysis.AnalysisRun(
             config.analysis, analysis.context(config, rid),
             on_measure=lambda m: ctx.state.count_analysis(m.name, m.outcome))
-    if not verify.enabled(config.verify) and run is None:
-        return
     started = time.time()
     with phase("verify window"):
         report = verify.run_window(config.verify, env, wait=wait, analysis_run=run,

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import analysis, gates, health, hooks, signals
+from . import gates, health, hooks, signals
 from .announce import announce, hook_env
 from .config import Config
+from .config_analysis import enabled as analysis_enabled
 from .errors import GateFailed, Interrupted, ReleaserError, StoreIOError
 from .postswap import SWAPPING, check_after_swap, undo_interrupted_swap
 from .preflight import hot_journal, preflight_source, source_sidecar_warnings
@@ -65,7 +66,10 @@ def publish(
     allow_contract (`--allow-contract`): let schema contract changes through."""
     with open_store(config) as ctx:
         source = preflight_source(ctx.store, source)
-        if analysis.enabled(config.analysis):
+        if analysis_enabled(config.analysis):
+            # the HTTP client loads only here (and in the verify window) when used
+            from . import analysis
+
             # a query Prometheus rejects is a config error before anything changes
             analysis.preflight(config, ctx.store.live_release_id())
         result = PublishResult(outcome="rejected", source=str(source.absolute()),

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import analysis
 from .config_calls import ExecProbe, HttpProbe, Verify
+from .config_calls import verify_enabled as enabled
 from .hooks import run_command
 from .httpclient import NoAnswer, http_request
 
@@ -48,10 +49,6 @@ class VerifyReport:
         return {"ok": self.ok, "rounds": self.rounds, "reasons": self.reasons,
                 "waited": self.waited, "duration_ms": self.duration_ms,
                 "analysis": self.analysis.as_dict() if self.analysis else None}
-
-
-def enabled(cfg: Verify) -> bool:
-    return bool(cfg.http or cfg.exec)
 
 
 def check_http(probe: HttpProbe) -> str | None:
