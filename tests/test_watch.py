@@ -246,6 +246,8 @@ def _limit_file_size() -> None:
 
 def test_store_io_error_is_retried_then_rejected_with_the_count(store: Env,
                                                                 inbox: Path) -> None:
+    # the delay doubles from lock_retry_s: 0.05 s makes the five waits 1.55 s in all
+    store.write_config(f'[watch]\ninbox = "{inbox}"\nsettle_s = 0.3\nlock_retry_s = 0.05\n')
     w = Watch(store, preexec_fn=_limit_file_size)  # every staging copy fails (EFBIG)
     try:
         w.wait_log("watching")
