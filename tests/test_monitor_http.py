@@ -108,7 +108,7 @@ def test_every_status_code_is_json(published: Env) -> None:
 
 
 def test_sigterm_stop_is_info_and_auto_revert_is_one_warning(published: Env) -> None:
-    set_config(published, monitor={"failures_before_revert": 1})
+    set_config(published, monitor={"failures_before_revert": 1, "interval_s": 0.3})
     with MonitorProc(published, "-v", "monitor") as mon:
         mon.wait_listening()
         mon.wait_healthy()
@@ -117,8 +117,10 @@ def test_sigterm_stop_is_info_and_auto_revert_is_one_warning(published: Env) -> 
         with open(live, "r+b") as fh:
             fh.seek(4196)
             fh.write(b"\xde\xad" * 128)
-        wait_for("the auto-revert", lambda: published.status()["live"]["release_id"] == 1,
+        # the monitor logs it once the revert is done and recorded
+        wait_for("the auto-revert", lambda: "auto-revert: live release 2 -> 1" in mon.stderr(),
                  proc=mon)
+        assert published.status()["live"]["release_id"] == 1
         mon.wait_healthy()
         assert mon.stop() == 0
         err = mon.stderr()

@@ -61,14 +61,17 @@ def _failed(env: Env) -> list[dict]:
 def test_failed_auto_revert_is_recorded_counted_and_retried_with_backoff(
         published: Env, immutable_live_folder: Path) -> None:
     env = published
-    set_config(env, monitor={"failures_before_revert": 2, "interval_s": 0.5})
+    # counting checks (the backoff is in checks, not seconds): a short interval
+    set_config(env, monitor={"failures_before_revert": 2, "interval_s": 0.2})
     with MonitorProc(env, "-v", "monitor") as mon:
         mon.wait_listening()
         mon.wait_healthy()
         damage(env, "overwrite")
-        failed = wait_for("three failed auto-reverts",
-                          lambda: _failed(env) if len(_failed(env)) >= 3 else None,
-                          timeout=30, proc=mon)
+        # logged after the failed revert was recorded
+        wait_for("three failed auto-reverts", lambda: "failed (attempt 3;" in mon.stderr(),
+                 timeout=30, proc=mon)
+        failed = _failed(env)
+        assert len(failed) >= 3, failed
         # nothing swapped: release 2 stays live, the monitor says critical
         assert env.status()["live"]["release_id"] == 2
         assert mon.get("/healthz")[0] == 503
@@ -81,8 +84,9 @@ def test_failed_auto_revert_is_recorded_counted_and_retried_with_backoff(
         assert m["releaser_auto_reverts_total"] == 0
 
         _chattr(immutable_live_folder, "-i")
-        wait_for("the retried auto-revert", lambda: [
-            e for e in events(env, "auto-revert") if e["outcome"] == "ok"], timeout=30, proc=mon)
+        wait_for("the retried auto-revert", lambda: "auto-revert: live release 2 -> 1"
+                 in mon.stderr(), timeout=30, proc=mon)
+        assert [e for e in events(env, "auto-revert") if e["outcome"] == "ok"]
         mon.wait_healthy()
         assert env.status()["live"]["release_id"] == 1
         m = mon.metrics()
