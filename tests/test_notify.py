@@ -241,27 +241,28 @@ def test_a_2xx_is_delivered_once_even_when_its_body_never_comes() -> None:
 
 
 def test_a_slow_answer_is_cut_off_at_timeout_per_attempt() -> None:
-    # one byte of the status line every 0.25 s: each read is quick, the answer takes ~10 s
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 20 + b"\r\n\r\n"
-    server = SlowServer(head, head_byte_s=0.25)
+    # one byte of the status line every 0.1 s: each read is quick, the answer takes ~10 s
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 60 + b"\r\n\r\n"
+    server = SlowServer(head, head_byte_s=0.1)
     try:
         t0 = time.monotonic()
-        ok = notify.deliver(_hook(server.url, retries=1), {"action": "publish",
-                                                           "outcome": "published"})
+        ok = notify.deliver(_hook(server.url, retries=1, timeout_s=0.5),
+                            {"action": "publish", "outcome": "published"})
         elapsed = time.monotonic() - t0
         assert not ok and server.connections == 2
-        assert elapsed < 8  # two attempts of 1 s each (+ the delay), far below ~20 s
+        assert elapsed < 8  # two attempts of 0.5 s each (+ the delay), far below ~20 s
     finally:
         server.close()
 
 
 def test_cli_exits_despite_a_trickling_receiver(store: Env) -> None:
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 200 + b"\r\n\r\n"
-    server = SlowServer(head, head_byte_s=0.25)  # a full answer would take ~60 s
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Pad: " + b"x" * 500 + b"\r\n\r\n"
+    server = SlowServer(head, head_byte_s=0.1)  # a full answer would take ~55 s
     try:
-        store.write_config(webhook(server.url, timeout_s=1, retries=1))
+        store.write_config(webhook(server.url, timeout_s=0.5, retries=1))
         proc = store.run("publish", str(store.make_db("one.db", seed=1)), timeout=30)
-        assert "could not notify" in proc.stderr and "no complete answer within 1 s" in proc.stderr
+        assert "could not notify" in proc.stderr and "no complete answer within 0.5 s" in \
+            proc.stderr
         assert store.status()["live"]["release_id"] == 1
     finally:
         server.close()
