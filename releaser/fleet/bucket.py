@@ -11,19 +11,24 @@ Invariants:
 - Checksums: "when_required" so servers that reject boto3's default CRC headers work
   (SeaweedFS); uploads carry an explicit SHA-256 per part instead.
 
-boto3 is imported lazily: only fleet commands load it.
+boto3 is imported lazily: only fleet commands load it. One boto3 Session per process
+(as boto3.client() keeps): each Bucket's client is made from it, under a lock.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlparse
 
 from .errors import BucketError, Conflict, NotFound, UsageError
+
+_session_lock = threading.Lock()
+_session: Any = None  # the process's boto3 Session (created on first use)
 
 PART_SIZE = 8 << 20  # S3 minimum is 5 MiB except for the last part; bounds upload memory
 READ_CHUNK = 1 << 20
@@ -87,8 +92,15 @@ class Bucket:
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path"},
         )
-        return boto3.session.Session().client("s3", endpoint_url=endpoint_url,
-                                              region_name=region, config=config)
+        global _session
+        # one Session per process, as boto3.client() does: a new one would read and parse
+        # the S3 model and endpoints.json (1.2 MB) again, ~0.1 s CPU per Bucket. Sessions
+        # are not thread-safe, clients are: the lock covers client creation only
+        with _session_lock:
+            if _session is None:
+                _session = boto3.session.Session()
+            return _session.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                   config=config)
 
     def on_request(self, count: Callable[[str], None]) -> None:
         """Call count(operation) before every HTTP request this client sends, retries and
