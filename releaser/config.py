@@ -28,7 +28,7 @@ ENV_CONFIG = "RELEASER_CONFIG"
 SYSTEM_CONFIG = Path("/etc/releaser/releaser.toml")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class History:
     """[history]: keep_events 0 keeps every event; N > 0 compacts state.db after each
     publish to the newest N events (and the release rows none of them names), and
@@ -44,8 +44,10 @@ class History:
             raise ValueError(f"journal_max_bytes must be >= 1, got {self.journal_max_bytes}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Config:
+    """The whole releaser.toml: the store's paths and every section, validated."""
+
     live_path: Path
     root: Path
     keep_releases: int = 5

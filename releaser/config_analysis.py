@@ -17,7 +17,7 @@ from .config_gates import Bounds
 REDUCERS = ("max", "min", "sum", "avg")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PrometheusQuery:
     """[[analysis.prometheus]]: one PromQL instant query held to fail bounds."""
 
@@ -60,7 +60,7 @@ class PrometheusQuery:
                 "(e.g. sum(...) without by)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Analysis:
     """[analysis]: the queries, the monitor's watch after a publish, inconclusive limit."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HttpTarget:
     """An HTTP endpoint called with a per-attempt deadline and retries."""
 
@@ -30,7 +30,7 @@ class HttpTarget:
             raise ValueError("retries and retry_delay_s must be >= 0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HttpProbe(HttpTarget):
     """[[verify.http]]: the app answers expect_status (and the body checks) when healthy."""
 
@@ -46,7 +46,7 @@ class HttpProbe(HttpTarget):
             raise ValueError("json_value needs json_field (the dotted path it applies to)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Command:
     """An argv list run without a shell, under a time limit."""
 
@@ -64,8 +64,10 @@ class ExecProbe(Command):
     """[[verify.exec]]: exit 0 means the app is healthy on the new release."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Verify:
+    """[verify]: the app's own health probes, run for window_s after a swap."""
+
     window_s: float = 0.0
     # one round of all probes every interval_s inside the window
     interval_s: float = 5.0
@@ -88,15 +90,17 @@ class Hook(Command):
     """[hooks]: run at a step of publish/rollback with RELEASER_* in the environment."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Hooks:
+    """[hooks]: commands run at each step of publish and rollback."""
+
     before_swap: tuple[Hook, ...] = ()
     after_swap: tuple[Hook, ...] = ()
     after_rollback: tuple[Hook, ...] = ()
     on_reject: tuple[Hook, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Webhook(HttpTarget):
     """[[notify.webhook]]: a JSON POST for each event that matters."""
 
@@ -115,6 +119,8 @@ class Webhook(HttpTarget):
                              "fleet-rollout-paused)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Notify:
+    """[notify]: where webhooks are sent."""
+
     webhook: tuple[Webhook, ...] = ()

@@ -41,7 +41,7 @@ class Bounds:
         return self.min is None and self.max is None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Change:
     """Allowed change against the live release's recorded value."""
 
@@ -70,7 +70,7 @@ class Change:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Check:
     """A SQL query returning one number, with fail/warn bounds and change limits."""
 
@@ -81,7 +81,7 @@ class Check:
     change: Change = field(default_factory=Change)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probe:
     """A query the app runs; timed over probe_runs, p95 against budget_ms."""
 
@@ -98,8 +98,10 @@ class Probe:
             raise ValueError(f"min_rows must be >= 0, got {self.min_rows}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Gates:
+    """[gates]: integrity mode, probe runs, query limits and the required schema."""
+
     integrity: str = "quick"
     probe_runs: int = 20
     query_timeout_ms: int = 5000
@@ -124,8 +126,10 @@ class Gates:
                 f"about 2 MB each), got {self.sqlite_heap_limit_mb}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Schema:
+    """[schema]: which schema changes pass, and when a probe's plan warns."""
+
     allow_contract: bool = False
     # a probe plan that fully scans a table with more rows than this is a warning
     scan_rows_max: int = 100_000
@@ -135,6 +139,8 @@ class Schema:
             raise ValueError(f"scan_rows_max must be >= 0, got {self.scan_rows_max}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Diff:
+    """[diff]: the columns `releaser diff` groups its row counts by."""
+
     group_by: tuple[str, ...] = ()

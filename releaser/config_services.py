@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Monitor:
+    """[monitor]: how often the live release is checked, and when it reverts."""
+
     interval_s: float = 300.0
     # full sha256 of the live file every N checks (cheap stat comparison otherwise)
     hash_every: int = 12
@@ -33,8 +35,10 @@ class Monitor:
             raise ValueError(f'metrics_listen must be "HOST:PORT", got "{self.metrics_listen}"')
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Watch:
+    """[watch]: the inbox folder `releaser watch` publishes from."""
+
     inbox: Path | None = None
     settle_s: float = 5.0
     polling: bool = False

@@ -59,6 +59,8 @@ def _cap_heap(conn: sqlite3.Connection, limit_mb: int) -> None:
 
 @dataclass(frozen=True)
 class Header:
+    """The fields of a SQLite file's 100-byte header that the checks read."""
+
     page_size: int
     write_version: int
     read_version: int

@@ -27,6 +27,8 @@ MAX_GROUPS = 50
 
 @dataclass(frozen=True)
 class Side:
+    """One of the two files `releaser diff` compares."""
+
     path: Path
     label: str  # "release 3 (live)" or a file path
     release_id: int | None = None

@@ -38,6 +38,8 @@ COMPARED = ("sha256", "size", "status", "published_at")
 
 @dataclass
 class FsckReport:
+    """What fsck found and what it repaired."""
+
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     state_db: str = "ok"  # ok, missing, empty, damaged, busy

@@ -19,6 +19,8 @@ STRUCTURAL = ("file", "integrity", "foreign_keys", "schema")
 
 @dataclass
 class GateResult:
+    """One gate's verdict on a candidate: what it saw against its limit."""
+
     name: str
     kind: str  # file | integrity | foreign_keys | schema | check | probe
     outcome: str  # pass | warn | fail | error
@@ -41,6 +43,8 @@ class GateResult:
 
 @dataclass
 class GateReport:
+    """Every gate result for one candidate file."""
+
     path: str
     results: list[GateResult] = field(default_factory=list)
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class HealthReport:
+    """The verdict of one check of a release file."""
+
     ok: bool
     release_id: int | None
     path: str | None

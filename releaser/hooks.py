@@ -31,6 +31,8 @@ READ_GRACE_S = 0.5  # after the hook exited, how long its output may still take 
 
 @dataclass(frozen=True)
 class HookResult:
+    """How one hook command ended."""
+
     argv: tuple[str, ...]
     ok: bool
     returncode: int | None

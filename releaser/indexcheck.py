@@ -66,6 +66,8 @@ def _term(column: str, kind: str) -> str:
 
 @dataclass
 class IndexPlan:
+    """One index to compare with its table."""
+
     table: str
     index: str
     columns: list[tuple[str, str]]  # (name, int | real | text)
@@ -73,6 +75,8 @@ class IndexPlan:
 
 @dataclass
 class Plan:
+    """The indexes index_check compares, and those it cannot."""
+
     indexes: list[IndexPlan] = field(default_factory=list)
     not_covered: list[str] = field(default_factory=list)
 

@@ -27,6 +27,8 @@ DELETED = " (deleted)"
 
 @dataclass(frozen=True)
 class StaleReader:
+    """A process holding a release file that is no longer live."""
+
     pid: int
     command: str
     path: str  # the release file it holds, as the kernel names it
@@ -63,6 +65,8 @@ def _inode(path: Path | None) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class Scan:
+    """The stale readers found, and whether every process could be inspected."""
+
     readers: list[StaleReader]
     complete: bool  # False: other users' processes could not be inspected
 

@@ -36,6 +36,8 @@ STATUSES = ("good", "bad", "rejected", "aborted")
 
 @dataclass
 class Rebuilt:
+    """The history recovered from the journal and the manifests."""
+
     releases: dict[int, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     from_manifests: list[int] = field(default_factory=list)  # releases only a manifest knew

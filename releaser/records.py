@@ -21,6 +21,8 @@ def utcnow() -> str:
 
 @dataclass(frozen=True)
 class Release:
+    """A row of state.db's releases table."""
+
     id: int
     sha256: str
     size: int
@@ -57,6 +59,8 @@ class Release:
 
 @dataclass(frozen=True)
 class Event:
+    """A row of state.db's events table."""
+
     id: int
     at: str
     action: str

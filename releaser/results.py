@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class PublishResult:
+    """What a publish did, for the CLI and --json."""
+
     outcome: str  # published | rejected | reverted | validated
     source: str
     release_id: int | None = None
@@ -57,6 +59,8 @@ class PublishResult:
 
 @dataclass
 class RollbackResult:
+    """What a rollback did, for the CLI and --json."""
+
     action: str
     release_id: int
     from_release_id: int | None

@@ -21,6 +21,8 @@ from .db import ReadOnlyDB
 
 @dataclass(frozen=True)
 class Column:
+    """A table column as PRAGMA table_xinfo reports it."""
+
     name: str
     type: str
     notnull: bool
@@ -30,6 +32,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Index:
+    """An index: its table and the columns it covers."""
+
     name: str
     table: str
     columns: tuple[str, ...]
@@ -42,6 +46,8 @@ class Index:
 
 @dataclass(frozen=True)
 class Table:
+    """A table and its columns."""
+
     name: str
     columns: tuple[Column, ...]
     without_rowid: bool = False
@@ -54,6 +60,8 @@ class Table:
 
 @dataclass(frozen=True)
 class View:
+    """A view and the columns it returns."""
+
     name: str
     sql: str
     columns: tuple[str, ...] | None  # None: the view does not compile
@@ -61,6 +69,8 @@ class View:
 
 @dataclass(frozen=True)
 class Trigger:
+    """A trigger and the table it is on."""
+
     name: str
     table: str
     sql: str
@@ -68,6 +78,8 @@ class Trigger:
 
 @dataclass
 class Schema:
+    """The tables, indexes, views and triggers of a database."""
+
     tables: dict[str, Table] = field(default_factory=dict)
     indexes: dict[str, Index] = field(default_factory=dict)
     views: dict[str, View] = field(default_factory=dict)

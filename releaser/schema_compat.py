@@ -47,6 +47,8 @@ EXPAND, CONTRACT, WARN = "expand", "contract", "warn"
 
 @dataclass(frozen=True)
 class SchemaChange:
+    """One difference between the live schema and the candidate's."""
+
     category: str  # expand | contract | warn
     object: str  # table | column | index | view | trigger
     name: str  # e.g. "tags_final.sub_category"

@@ -27,6 +27,8 @@ from .store import SLOTS, Store, release_id_of
 
 @dataclass
 class Context:
+    """An open store session: the config, the store and its state.db."""
+
     config: Config
     store: Store
     state: StateDB

@@ -58,6 +58,8 @@ def release_id_of(path: Path | str) -> int | None:
 
 @dataclass(frozen=True)
 class FileIdentity:
+    """What stat says of a file: a cheap sign that it is the one recorded."""
+
     size: int
     inode: int
     mtime_ns: int

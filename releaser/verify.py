@@ -32,6 +32,8 @@ _MISSING = object()
 
 @dataclass
 class VerifyReport:
+    """The outcome of the verify window after a swap."""
+
     rounds: int = 0
     reasons: list[str] = field(default_factory=list)
     # False when --no-wait ended the window after the first good round

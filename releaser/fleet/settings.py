@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from .sign import PublicKey, SecretKey
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Fleet:
+    """[fleet]: the bucket, this host's channel and id, and the signing keys."""
+
     url: str = ""  # s3://BUCKET/PREFIX
     endpoint_url: str | None = None  # omit for AWS
     region: str | None = None
