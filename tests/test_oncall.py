@@ -1,6 +1,8 @@
 """On call at 3 a.m.: rollback that always helps, honest status, exit codes that mean something.
 
-Everything here drives the installed `releaser` in real subprocesses on real stores.
+The commands under test run as the installed `releaser` in real subprocesses on real
+stores; the publishes that only set a store up run in-process (CliRunner), as the
+conftest `published` fixture does.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from .conftest import RELEASER_BIN, Env
 
 
 def publish_n(env: Env, n: int) -> list[Path]:
+    """Set-up: releases 1..n, in-process (no test here is about these publishes)."""
     builds = [env.make_db(f"b{i}.db", rows=600 + i, seed=i) for i in range(1, n + 1)]
     for b in builds:
-        env.run("publish", str(b))
+        env.cli("publish", str(b))
     return builds
 
 
@@ -68,7 +71,7 @@ def test_rollback_skips_bad_releases(store: Env) -> None:
 
 def test_nothing_older_exit_4_names_the_rollback_to_command(store: Env) -> None:
     publish_n(store, 2)
-    store.run("rollback")  # 2 -> 1: release 2 is rolled back from, still good, idle
+    store.cli("rollback")  # 2 -> 1: release 2 is rolled back from, still good, idle
     proc = store.run("rollback", expect=4)
     err = proc.stderr
     # what `rollback --to` accepts: id, published time and status, and the exact command
@@ -81,7 +84,7 @@ def test_nothing_older_exit_4_names_the_rollback_to_command(store: Env) -> None:
 def test_3am_trap_status_says_unhealthy_and_one_command_fixes_it(store: Env) -> None:
     """Live damaged in place, a good release in the idle slot it was rolled back from."""
     publish_n(store, 2)
-    store.run("rollback")  # live 1, idle 2 (rolled back from, good)
+    store.cli("rollback")  # live 1, idle 2 (rolled back from, good)
     damage_in_place(store.live.resolve())
     st = store.run("status").stdout
     live_line = next(line for line in st.splitlines() if line.startswith("live:"))
@@ -97,12 +100,12 @@ def test_3am_trap_status_says_unhealthy_and_one_command_fixes_it(store: Env) -> 
     argv = cmd.group(1).split()
     subprocess.run([str(RELEASER_BIN), *argv[1:]], check=True, capture_output=True)
     assert live_id(store) == 2
-    assert "UNHEALTHY" not in store.run("status").stdout
+    assert "UNHEALTHY" not in store.cli("status").stdout
 
 
 def test_status_health_comes_from_the_last_check_too(store: Env) -> None:
     publish_n(store, 1)
-    store.run("check")
+    store.cli("check")
     assert "healthy" in next(x for x in store.run("status").stdout.splitlines()
                              if x.startswith("live:"))
 
@@ -113,12 +116,12 @@ def test_status_health_comes_from_the_last_check_too(store: Env) -> None:
 def test_republishing_the_live_build_repairs_a_damaged_live_file(store: Env) -> None:
     builds = publish_n(store, 2)
     damage_in_place(store.live.resolve())
-    store.run("check", expect=1)
+    store.cli("check", expect=1)
     doc = json.loads(store.run("publish", str(builds[1]), "--json").stdout)
     assert doc["outcome"] == "published", doc
     assert doc["data"]["release_id"] == 3
     assert live_id(store) == 3
-    store.run("check", "--hash")  # a healthy copy of the same build is live again
+    store.cli("check", "--hash")  # a healthy copy of the same build is live again
     assert not events(store, "reject")
 
 
@@ -193,10 +196,10 @@ def test_identical_publish_is_success_unchanged_and_records_nothing(store: Env) 
     doc = json.loads(store.run("publish", str(builds[1]), "--json").stdout)
     assert doc["outcome"] == "unchanged", doc
     assert doc["data"]["release_id"] == 2  # the live release, no new id
-    human = store.run("publish", str(builds[1])).stdout
+    human = store.cli("publish", str(builds[1])).stdout
     assert "unchanged" in human and "release 2" in human
     assert (store.cli_json("releases"), store.history()) == before
-    store.run("publish", str(store.make_db("b3.db", rows=800, seed=3)))
+    store.cli("publish", str(store.make_db("b3.db", rows=800, seed=3)))
     assert store.status()["live"]["release_id"] == 3  # no id was used up
 
 
@@ -208,6 +211,12 @@ SLOW_CHECK = """
 name = "slow"
 sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000000) SELECT count(*) FROM c"
 """
+
+
+def _cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a running process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -223,11 +232,15 @@ def test_interrupt_during_the_gates_exits_130_and_records_no_reject(store: Env, 
     assert proc.stderr is not None
     lines = []
     deadline = time.monotonic() + 30
-    for line in proc.stderr:  # -v logs each phase as it ends; the checks come after staging
+    for line in proc.stderr:  # -v logs each phase as it ends; the checks come after integrity
         lines.append(line)
-        if re.search(r"\bstaging\b.*\bdone\b", line) or time.monotonic() > deadline:
+        if re.search(r"\bintegrity\b.*\bdone\b", line) or time.monotonic() > deadline:
             break
-    time.sleep(0.3)
+    # the signal lands while the slow check's statement runs: once the process has
+    # spent CPU past the integrity gate (was a fixed 0.3 s sleep after staging)
+    start = _cpu_s(proc.pid)
+    while _cpu_s(proc.pid) < start + 0.05 and time.monotonic() < deadline:
+        time.sleep(0.01)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     err = "".join(lines) + err
