@@ -68,6 +68,9 @@ clean:
 # Units into /etc/systemd/system, the default config into /etc/releaser (never
 # overwritten), the `releaser` system user, and releaser itself into its own venv at
 # /opt/releaser/.venv (what the units' ExecStart runs).
+# The venv gets no pip of its own when the system has one (python3-pip) that can install
+# into it (`pip --python`, pip >= 22.3): ensurepip would cost ~5 s of CPU on every install
+# (it installs and byte-compiles pip and setuptools); else ensurepip as before.
 # DESTDIR=/some/dir installs units and config into a staging tree (no user, no venv,
 # no daemon-reload).
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
@@ -83,8 +86,12 @@ install-systemd:
 	        echo "releaser in $(RELEASER_PREFIX)/.venv is up to date"; \
 	    else \
 	        echo "installing releaser into $(RELEASER_PREFIX)/.venv"; \
-	        $(PYTHON) -m venv $(RELEASER_PREFIX)/.venv && \
-	        $(RELEASER_PREFIX)/.venv/bin/pip install --quiet --upgrade . && \
+	        $(PYTHON) -m venv --without-pip $(RELEASER_PREFIX)/.venv && \
+	        if $(PYTHON) -m pip --python $(RELEASER_PREFIX)/.venv/bin/python --version >/dev/null 2>&1; \
+	        then pip="$(PYTHON) -m pip --python $(RELEASER_PREFIX)/.venv/bin/python"; \
+	        else $(RELEASER_PREFIX)/.venv/bin/python -m ensurepip --default-pip >/dev/null && \
+	             pip="$(RELEASER_PREFIX)/.venv/bin/python -m pip"; fi && \
+	        $$pip install --quiet --upgrade . && \
 	        echo "$$src" > $(RELEASER_PREFIX)/.venv/.releaser-source; \
 	    fi; \
 	fi

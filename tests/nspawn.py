@@ -37,9 +37,10 @@ from pathlib import Path
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # what the README's install steps need: make, python3-venv (install-systemd's venv),
-# sudo (`sudo -u releaser releaser ...`), sqlite3, curl (/healthz), procps (ps)
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates",
-            "make", "sqlite3", "curl", "sudo", "procps")
+# python3-pip (installs into that venv: no ensurepip), sudo (`sudo -u releaser
+# releaser ...`), sqlite3, curl (/healthz), procps (ps)
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-pip",
+            "ca-certificates", "make", "sqlite3", "curl", "sudo", "procps")
 # bump when the recipe below changes in a way the package list does not show
 RECIPE = 1
 # timers and gettys a test boot does not need (a faster, quieter boot)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import time
@@ -46,6 +47,11 @@ INBOX = "/srv/releaser/inbox"
 BUILDS = "/srv/builds"
 MONITOR = "releaser-monitor.service"
 WATCH = "releaser-watch.service"
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _free_port() -> int:
@@ -89,6 +95,9 @@ class Box:
     c: nspawn.Container
     port: int
     timings: dict[str, float] = field(default_factory=dict)
+    # CPU of the processes waited for (commands run inside; nspawn with the whole
+    # container, its services included, at poweroff), per phase
+    cpu: dict[str, float] = field(default_factory=dict)
     existed_before_install: dict[str, bool] = field(default_factory=dict)
 
     def sh(self, script: str, **kw: object) -> str:
@@ -130,6 +139,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     _copy_checkout(c.tree)
     b = Box(c, _free_port())
     b.timings["extract_s"] = time.monotonic() - t0
+    cpu0 = _children_cpu()
     try:
         t = time.monotonic()
         c.boot(timeout=60)
@@ -143,6 +153,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         conf.write_text(edit_config(conf.read_text(), b.port))
         b.sh(f"cd {SRC} && make install-systemd", timeout=240)
         b.timings["install_s"] = time.monotonic() - t
+        b.cpu["install"] = _children_cpu() - cpu0
         # builds the releaser user can read (the data engineers' output)
         for seed in (1, 2, 3):
             db = write_sample(c.tree / BUILDS.lstrip("/") / f"tags-{seed}.db", rows=3000,
@@ -151,13 +162,17 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         b.sh("sudo -u releaser releaser init")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-1.db --note first")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-2.db --note second")
+        b.cpu["setup"] = _children_cpu() - cpu0
         yield b
     finally:
-        t = time.monotonic()
+        t, cpu = time.monotonic(), _children_cpu()
         c.poweroff(timeout=30)
+        b.cpu["poweroff"] = _children_cpu() - cpu
+        b.cpu["total"] = _children_cpu() - cpu0
         b.timings["poweroff_s"] = time.monotonic() - t
         b.timings["total_s"] = time.monotonic() - t0
         print(f"\nsystemd-nspawn timings: {json.dumps({k: round(v, 1) for k, v in b.timings.items()})}")
+        print(f"systemd-nspawn cpu_s: {json.dumps({k: round(v, 1) for k, v in b.cpu.items()})}")
         c.remove()
 
 
@@ -308,13 +323,21 @@ def step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box:
     assert box.sh(f"sqlite3 {LIVE} 'SELECT COUNT(*) FROM tags_final'").strip() == "3000"
 
 
+STEPS = {
+    "folders": step_install_makes_the_folders_the_units_write,
+    "monitor": step_monitor_start_returns_after_ready_and_is_active,
+    "watch": step_watch_starts_and_publishes_a_file_renamed_into_the_inbox,
+    "sandbox": step_writes_outside_the_allowed_paths_fail,
+    "revert": step_a_damaged_live_file_is_auto_reverted_by_the_service,
+    "watchdog": step_the_watchdog_restarts_a_stopped_monitor,
+    "failed_revert": step_a_failed_revert_is_recorded_and_retried,
+    "reinstall": step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store,
+}
+
+
 def test_a_fresh_install_under_systemd_works_end_to_end(box: Box) -> None:
     """The steps share one boot; the first failing one names itself in the traceback."""
-    step_install_makes_the_folders_the_units_write(box)
-    step_monitor_start_returns_after_ready_and_is_active(box)
-    step_watch_starts_and_publishes_a_file_renamed_into_the_inbox(box)
-    step_writes_outside_the_allowed_paths_fail(box)
-    step_a_damaged_live_file_is_auto_reverted_by_the_service(box)
-    step_the_watchdog_restarts_a_stopped_monitor(box)
-    step_a_failed_revert_is_recorded_and_retried(box)
-    step_install_again_keeps_config_and_store_and_uninstall_keeps_the_store(box)
+    for name, step in STEPS.items():
+        cpu = _children_cpu()
+        step(box)
+        box.cpu[name] = _children_cpu() - cpu
