@@ -222,8 +222,10 @@ class Container:
                     target = dest / p.relative_to(cas)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(p, target)
+            # not the host's TMPDIR: a host path (e.g. a tmpfs) the tree does not have
+            env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
             subprocess.run(["chroot", str(self.tree), "update-ca-certificates"], check=True,
-                           timeout=120, capture_output=True)
+                           timeout=120, capture_output=True, env=env)
         # nspawn names the host after the machine: let it resolve (sudo asks)
         with open(self.tree / "etc/hosts", "a") as hosts:
             hosts.write(f"127.0.1.1\t{self.name} releaser-test\n")
