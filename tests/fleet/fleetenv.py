@@ -27,7 +27,10 @@ from tests.sample import write_sample
 HERE = Path(__file__).resolve().parent
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0,
+             interval: float = 0.1) -> Any:
+    """pred() every interval until it is true (a pred that runs a CLI command in-process
+    costs tens of ms of CPU: poll those less often)."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -35,7 +38,7 @@ def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Fleet:
     pub: Path
     build: Host = field(init=False)
     hosts: list[Host] = field(default_factory=list)
+    # {channel: {key: (etag, ack)}}: acks() GETs only the acks whose listed ETag changed
+    _acks: dict[str, dict[str, tuple[str, dict[str, Any]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         keygen(self.key, self.pub)
@@ -163,10 +168,18 @@ class Fleet:
         return self.build.cli_json("fleet", *args, expect=expect)
 
     def acks(self, channel: str = "staging") -> dict[str, dict[str, Any]]:
-        out = {}
-        for name in self.bucket.list(f"status/{channel}/"):
-            ack = json.loads(self.bucket.get(name).body)
+        """Every host's ack as in the bucket now: one LIST, and a GET of each ack that is
+        new or whose ETag (the MD5 of its bytes) changed since the last call."""
+        seen = self._acks.setdefault(channel, {})
+        out, fresh = {}, {}
+        for item in self.bucket.listing(f"status/{channel}/"):
+            etag, ack = seen.get(item.name, ("", {}))
+            if not etag or item.etag.strip('"') != etag:
+                obj = self.bucket.get(item.name)
+                etag, ack = obj.etag.strip('"'), json.loads(obj.body)
+            fresh[item.name] = (etag, ack)
             out[ack["host_id"]] = ack
+        self._acks[channel] = fresh
         return out
 
     def wait_all(self, hosts: list[Host], state: str, seq: int, channel: str = "staging",

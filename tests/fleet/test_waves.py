@@ -81,7 +81,7 @@ def test_failing_wave_aborts_and_every_host_ends_on_the_previous_release(
         s = fleet.fleet_json("status", "--channel", "staging")
         return s if s["rollout"]["state"] == "aborted" else None
 
-    status = wait_for("the rollout aborted", aborted, timeout=40)
+    status = wait_for("the rollout aborted", aborted, timeout=40, interval=0.25)
     assert status["rollout"]["failed"] == [bad_host]
     assert any(bad_host in r and "min_rows_here" in r for r in status["rollout"]["reasons"])
     # the canary that had applied it goes back by itself; nobody else ever takes it

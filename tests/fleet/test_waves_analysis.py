@@ -53,7 +53,7 @@ def test_a_canary_whose_error_rate_rises_halts_the_rollout(fleet: Fleet,
         second = _push_canary(fleet, "two.db", canary.name, bake=60)
         status = wait_for("the rollout aborted",
                           lambda: (r := _rollout(fleet))["state"] == "aborted" and r,
-                          timeout=60)
+                          timeout=60, interval=0.25)
     finally:
         load.stop()
     assert status["failed"] == [canary.name]
@@ -95,7 +95,8 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
     first = fleet.first_release(hosts)
     second = _push_canary(fleet, "two.db", canary.name, bake=1)
     rollout = wait_for("the rollout paused",
-                       lambda: (r := _rollout(fleet))["state"] == "paused" and r, timeout=40)
+                       lambda: (r := _rollout(fleet))["state"] == "paused" and r, timeout=40,
+                       interval=0.25)
     assert rollout["inconclusive"] == [canary.name] and rollout["failed"] == []
     assert "analysis inconclusive" in rollout["reasons"][0]
     assert "did not answer" in rollout["reasons"][0]
@@ -196,7 +197,7 @@ def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet,
     assert after["entries"][0]["evaluations"] > before["entries"][0]["evaluations"]
     assert fleet.acks()[app.name]["healthy_since"] == ack["healthy_since"]
     wait_for("the rollout complete", lambda: _rollout(fleet)["state"] == "complete",
-             timeout=30)
+             timeout=30, interval=0.25)
     done = fleet.acks()[app.name]["analysis"]
     assert done["outcome"] == "pass" and parse_iso(done["until"]) == since + bake
     fleet.stop_all()
