@@ -137,11 +137,14 @@ def test_an_unreachable_prometheus_pauses_the_rollout_and_never_reverts(
 
 def test_an_agent_restarted_mid_bake_does_not_bake_again(fleet: Fleet,
                                                          prom_stack: Stack) -> None:
-    bake = 8.0
+    # restarted at half the bake, the app must apply within bake/2 of its end (a second
+    # full bake would put it at least bake/2 later); its own analysis (every 0.5 s) must
+    # count 3 evaluations, restart and evaluate again within one bake
+    bake = 6.0
     canary = fleet.host("wr-canary")
     # the second wave's host analyses its bake too (vector(0): always a pass)
     app = fleet.host("wr-app", extra=analysis_toml(prom_stack.prom.url, "vector(0)",
-                                                  interval_s=1, inconclusive_limit=3))
+                                                  interval_s=0.5, inconclusive_limit=3))
     fleet.first_release([canary, app])
     second = _push_canary(fleet, "two.db", canary.name, bake=bake)
     seen: set[str] = set()
