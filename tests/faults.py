@@ -25,6 +25,7 @@ import errno
 import importlib
 import os
 import pkgutil
+import re
 import signal
 import sys
 import time
@@ -58,53 +59,72 @@ def argv(*releaser_args: str, pause_at: str | None = None, setup: str | None = N
     return [*cmd, "--", *releaser_args]
 
 
-def _modules() -> list[Any]:
-    import releaser
-
-    for info in pkgutil.iter_modules(releaser.__path__, "releaser."):
-        if not info.ispkg:  # the fleet subpackage (boto3...) is not a fault target
-            importlib.import_module(info.name)
+def _loaded() -> list[Any]:
+    """The releaser modules imported so far (the ones that may hold a reference)."""
     return [m for name, m in sorted(sys.modules.items())
             if name == "releaser" or name.startswith("releaser.")]
 
 
+def _defining_modules(name: str) -> list[str]:
+    """releaser modules whose source defines `name` at top level (def or class), by name.
+
+    Read from the source text instead of importing every module: the runner imports only
+    the module that defines the target (~250 ms of CPU less per run than importing all
+    ~70 with their notify/http/prometheus/apscheduler imports). A module imported later
+    binds the wrapper, since `from .x import name` reads the patched attribute.
+    """
+    import releaser
+
+    found = re.compile(rf"^(?:async\s+def|def|class)\s+{re.escape(name)}\b", re.M)
+    names = []
+    for info in pkgutil.iter_modules(releaser.__path__, "releaser."):
+        if info.ispkg:  # the fleet subpackage (boto3...) is not a fault target
+            continue
+        source = Path(releaser.__path__[0], info.name.rsplit(".", 1)[1] + ".py")
+        if source.is_file() and found.search(source.read_text()):
+            names.append(info.name)
+    return sorted(names)
+
+
 def _find(target: str) -> list[tuple[Any, str, Any]]:
     """(owner, attribute, original) for every reference to target."""
-    mods = _modules()
     if target.startswith(("os.", "time.", "subprocess.", "fcntl.", "sqlite3.")):
         mod_name, attr = target.rsplit(".", 1)
         owner = importlib.import_module(mod_name)
         return [(owner, attr, getattr(owner, attr))]
     parts = target.split(".")
     if target.startswith("releaser."):
-        # a full dotted path: module, then attributes
-        for i in range(len(parts), 0, -1):
-            mod_name = ".".join(parts[:i])
-            if mod_name in sys.modules:
-                owner: Any = sys.modules[mod_name]
-                for p in parts[i:-1]:
-                    owner = getattr(owner, p)
-                parts = [*parts[i:]]
-                break
+        # a full dotted path: the longest importable module, then attributes
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                owner: Any = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for p in parts[i:-1]:
+                owner = getattr(owner, p)
+            parts = [*parts[i:]]
+            break
         original = getattr(owner, parts[-1])
         if isinstance(owner, type):
             return [(owner, parts[-1], original)]
-        return _references(mods, original)
+        return _references(original)
     if len(parts) == 2:  # Class.method, the class defined in releaser
-        for m in mods:
+        for mod_name in _defining_modules(parts[0]):
+            m = importlib.import_module(mod_name)
             cls = vars(m).get(parts[0])
             if isinstance(cls, type) and cls.__module__ == m.__name__ and parts[1] in vars(cls):
                 return [(cls, parts[1], vars(cls)[parts[1]])]
         raise SystemExit(f"faults: no class {parts[0]} with {parts[1]} in releaser")
-    for m in mods:
+    for mod_name in _defining_modules(target):
+        m = importlib.import_module(mod_name)
         fn = vars(m).get(target)
         if callable(fn) and getattr(fn, "__module__", None) == m.__name__:
-            return _references(mods, fn)
+            return _references(fn)
     raise SystemExit(f"faults: no function {target} in releaser")
 
 
-def _references(mods: list[Any], original: Any) -> list[tuple[Any, str, Any]]:
-    return [(m, name, value) for m in mods for name, value in list(vars(m).items())
+def _references(original: Any) -> list[tuple[Any, str, Any]]:
+    return [(m, name, value) for m in _loaded() for name, value in list(vars(m).items())
             if value is original]
 
 
