@@ -239,15 +239,16 @@ def test_revert_refuses_when_live_changed_since_the_check(published: Env) -> Non
 
 
 # a bad disk under releases 2 and 3: their checks fail with EIO before looking at anything.
-# Release 2's second check waits (up to 60 s) until the test has made release 3 live, so
-# a short interval cannot revert release 2 while the test is still publishing release 3
+# Release 2's second check waits (up to 60 s) until the test's publish of release 3 has
+# returned (the file $PUBLISHED_3), so a short interval neither reverts release 2 while the
+# test is still publishing release 3 nor finds the store locked by that publish
 EIO_FOR_RELEASES_2_3 = """
 checks_of_2 = []
 def eio(config, store, state, **kw):
     if store.live_release_id() == 2:
         checks_of_2.append(1)
         deadline = time.monotonic() + 60
-        while (len(checks_of_2) == 2 and store.live_release_id() == 2
+        while (len(checks_of_2) == 2 and not os.path.exists(os.environ["PUBLISHED_3"])
                and time.monotonic() < deadline):
             time.sleep(0.05)
     if store.live_release_id() in (2, 3):
@@ -266,10 +267,13 @@ def test_check_that_cannot_run_fails_the_release_it_was_about(published: Env) ->
     """
     env = published
     set_config(env, monitor={"failures_before_revert": 3, "interval_s": 0.25})
-    with MonitorProc(env, "-v", "monitor", setup=EIO_FOR_RELEASES_2_3) as mon:
+    published_3 = env.tmp / "published-3"
+    with MonitorProc(env, "-v", "monitor", setup=EIO_FOR_RELEASES_2_3,
+                     extra_env={"PUBLISHED_3": str(published_3)}) as mon:
         mon.wait_listening()
         wait_for("a failed check", lambda: "UNHEALTHY (1/3)" in mon.stderr(), proc=mon)
         env.cli("publish", str(env.make_db("three.db", seed=3)))
+        published_3.touch()
         wait_for("two auto-reverts", lambda: mon.stderr().count("auto-revert: live release")
                  == 2, proc=mon)
         mon.wait_healthy()
