@@ -130,10 +130,15 @@ def webhook(url: str, **kw: object) -> str:
     return f'[[notify.webhook]]\nurl = "{url}"\n{lines}'
 
 
+def delivered(result: object) -> None:
+    """In-process commands return before their webhooks are sent (a real process waits
+    at exit: test_notify_threads_are_daemons_and_the_cli_waits_for_them); wait for them."""
+    assert notify.flush(20), "deliveries still in flight after 20 s"
+
+
 def test_publish_reject_rollback_are_posted(store: Env, receiver: Receiver) -> None:
     store.write_config(webhook(receiver.url))
-    # a real subprocess: its deliveries finish before it exits, nothing to wait for
-    store.run("publish", str(store.make_db("one.db", seed=1)), "--note", "first")
+    delivered(store.cli("publish", str(store.make_db("one.db", seed=1)), "--note", "first"))
     assert receiver.actions() == [("publish", "published")]
     body = receiver.bodies[0]
     assert body["release"]["id"] == 1 and len(body["release"]["sha256"]) == 64
@@ -145,14 +150,14 @@ def test_publish_reject_rollback_are_posted(store: Env, receiver: Receiver) -> N
 
     garbage = store.tmp / "builds" / "garbage.db"
     garbage.write_bytes(b"not a database at all" * 100)
-    store.run("publish", str(garbage), expect=1)
+    delivered(store.cli("publish", str(garbage), expect=1))
     reject = receiver.bodies[1]
     assert (reject["action"], reject["outcome"]) == ("reject", "rejected")
     assert "not a SQLite database" in reject["reasons"][0]
     assert reject["live_release_id"] == 1
 
-    store.run("publish", str(store.make_db("two.db", seed=2)))
-    store.run("rollback", "--reason", "looks wrong")
+    delivered(store.cli("publish", str(store.make_db("two.db", seed=2))))
+    delivered(store.cli("rollback", "--reason", "looks wrong"))
     rb = receiver.bodies[-1]
     assert (rb["action"], rb["outcome"]) == ("rollback", "ok")
     assert rb["release"]["id"] == 1 and rb["release"]["from_release_id"] == 3
@@ -177,13 +182,15 @@ def test_events_filter_and_retries(store: Env) -> None:
     only_rejects = Receiver()
     try:
         store.write_config(webhook(flaky.url) + webhook(only_rejects.url, events=["reject"]))
-        store.run("publish", str(store.make_db("one.db", seed=1)))
+        delivered(store.cli("publish", str(store.make_db("one.db", seed=1))))
         # two 500s, then accepted on the third attempt (retries = 2)
         assert flaky.attempts == 3 and flaky.actions() == [("publish", "published")]
         assert only_rejects.bodies == []
-        store.run("publish", str(store.make_db("one.db", seed=1)))  # identical: unchanged
-        store.run("publish", str(store.make_db("empty.db", seed=1,
-                                                sql="DELETE FROM tags_final")), expect=1)
+        # identical: unchanged
+        delivered(store.cli("publish", str(store.make_db("one.db", seed=1))))
+        delivered(store.cli("publish", str(store.make_db("empty.db", seed=1,
+                                                         sql="DELETE FROM tags_final")),
+                            expect=1))
         assert only_rejects.actions() == [("reject", "rejected")]
         assert "rows" in only_rejects.bodies[0]["reasons"][0]
     finally:
@@ -218,7 +225,7 @@ def test_verification_revert_is_posted_as_auto_revert(published: Env,
 [[verify.exec]]
 argv = ["false"]
 """)
-    published.run("publish", str(published.make_db("three.db", seed=3)), expect=1)
+    delivered(published.cli("publish", str(published.make_db("three.db", seed=3)), expect=1))
     (body,) = receiver.bodies
     assert (body["action"], body["outcome"]) == ("auto-revert", "reverted")
     assert body["release"]["id"] == 3 and body["release"]["from_release_id"] == 2
