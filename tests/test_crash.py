@@ -23,6 +23,7 @@ from tests.sample import write_sample
 from . import faults
 from .conftest import RELEASER_BIN, Env
 from .robust import assert_live_is_recorded_and_sound, leftovers, sha256, state_rows
+from .store_clone import clone_store
 
 ROWS = 40_000
 PUBLISH_STEPS = ["locked", "staged", "gated", "placed", "swapped", "recorded"]
@@ -36,12 +37,24 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [write_sample(d / f"build-{seed}.db", rows=ROWS, seed=seed) for seed in (1, 2, 3)]
 
 
-@pytest.fixture
-def live_store(env: Env, builds: list[Path]) -> Env:
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory: pytest.TempPathFactory, builds: list[Path]) -> Env:
+    """init, then builds 0 and 1 published (release 2 live, 1 its rollback target), once."""
+    tmp = tmp_path_factory.mktemp("crash-store")
+    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
+              root=tmp / "store")
+    env.write_config()
     env.cli("init")
     env.cli("publish", str(builds[0]))
     env.cli("publish", str(builds[1]))
     return env
+
+
+@pytest.fixture
+def live_store(env: Env, store_template: Env) -> Env:
+    """A clone of store_template (tests/store_clone.py): two publishes of 40,000 rows
+    each cost more than the rest of a step test."""
+    return clone_store(store_template, env)
 
 
 def _start(env: Env, *args: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:

@@ -1,0 +1,60 @@
+"""A store built once (init + publishes, through the CLI) and cloned for each test.
+
+Building a store with two releases costs two in-process publishes (staging, gates,
+hashes, fsyncs); a clone costs a few hard links and copies. The clone is the same
+store the publishes produced, with these invariants:
+
+- release files (`release-N.db`) are hard links: the same inode and mtime that state.db
+  and the manifests recorded, so `status`/`check` see the files as placed. Release files
+  are never written in place (new file, fsync, rename), so the template cannot change
+  through a clone; tests that damage a release file must not use a clone.
+- everything else in the store (state.db and any -wal, journal.jsonl, manifests, lock)
+  is copied with its mtime (not a -shm: SQLite rebuilds it): the clone writes its own.
+- the live symlink is re-pointed at the same relative place in the clone's store
+  (the store keeps it absolute); state.db holds no store path apart from the staging
+  path in old publish reports, which nothing reads back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from releaser.store import RELEASE_FILE_RE
+
+from .conftest import Env
+
+
+def two_releases(tmp: Path) -> Env:
+    """conftest's `published` store, built in tmp: releases 1 (idle) and 2 (live), from
+    3,000-row builds seeds 1 and 2, published through the CLI. Clone it per test."""
+    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
+              root=tmp / "store")
+    env.write_config()
+    env.cli("init")
+    env.cli("publish", str(env.make_db("one.db", seed=1)))
+    env.cli("publish", str(env.make_db("two.db", seed=2)))
+    return env
+
+
+def clone_store(template: Env, env: Env) -> Env:
+    """Make env's store (root and live symlink) a clone of template's; returns env."""
+    for folder, _dirs, files in os.walk(template.root):
+        rel = Path(folder).relative_to(template.root)
+        (env.root / rel).mkdir(parents=True, exist_ok=True)
+        shutil.copystat(folder, env.root / rel)
+        for name in files:
+            src, dst = Path(folder, name), env.root / rel / name
+            if src.is_symlink():
+                raise AssertionError(f"unexpected symlink in the template store: {src}")
+            if RELEASE_FILE_RE.match(name):
+                os.link(src, dst)
+            elif not name.endswith("-shm"):  # SQLite rebuilds the shared-memory index
+                shutil.copy2(src, dst)
+    if template.live.is_symlink():
+        target = Path(os.readlink(template.live)).relative_to(template.root)
+        env.live.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copystat(template.live.parent, env.live.parent)
+        os.symlink(env.root / target, env.live)
+    return env
