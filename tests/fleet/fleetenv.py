@@ -95,12 +95,17 @@ class Host:
                                      env={**os.environ, **(env or {})},
                                      preexec_fn=die_with_parent)
 
-    def stop_agent(self, sig: int = signal.SIGTERM) -> str:
+    def signal_agent(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop_agent(self, sig: int = signal.SIGTERM, *, signalled: bool = False) -> str:
+        """Signal the agent (unless signalled already) and wait for it; its output."""
+        if not signalled:
+            self.signal_agent(sig)
         proc, self.proc = self.proc, None
         if proc is None:
             return ""
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
         out, _ = proc.communicate(timeout=20)
         return out
 
@@ -199,8 +204,11 @@ class Fleet:
             raise AssertionError(f"acks: {self.acks(channel)}\nagent logs: {logs}") from None
 
     def stop_all(self) -> None:
+        """SIGTERM every agent, then wait for each: they shut down side by side."""
         for h in self.hosts:
-            h.stop_agent()
+            h.signal_agent()
+        for h in self.hosts:
+            h.stop_agent(signalled=True)
 
 
 def python_argv(script: str, *args: str) -> list[str]:
