@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from . import faults
 from .conftest import RELEASER_BIN, Env, config_text
 from .robust import peak_rss_kib
@@ -26,26 +28,25 @@ from .test_watch import Watch
 # -- item 2: the same store through another spelling of its path ---------------
 
 
-def test_store_reached_through_a_symlinked_parent_is_the_same_store(published: Env) -> None:
+def test_store_reached_through_a_symlinked_parent_is_the_same_store(
+        published: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # in-process commands (releaser keeps no path caches between them): this is about
+    # how paths resolve, not about the process
     alias = published.tmp.parent / f"{published.tmp.name}-alias"
     alias.symlink_to(published.tmp)
     try:
         cfg = published.tmp / "alias.toml"
         cfg.write_text(config_text(alias / "app" / "tags.db", alias / "store"))
-        base = [str(RELEASER_BIN), "--config", str(cfg)]
-        check = subprocess.run([*base, "check", "--json"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        status = json.loads(subprocess.run([*base, "status", "--json"], capture_output=True,
-                                           text=True, check=True).stdout)["data"]
+        via_alias = Env(tmp=published.tmp, config=cfg, live=alias / "app" / "tags.db",
+                        root=alias / "store")
+        via_alias.cli("check", "--json")
+        status = via_alias.status()
         assert status["live"]["release_id"] == 2 and not status["problems"], status
         # relative root/live from another working directory
-        rel = subprocess.run([str(RELEASER_BIN), "--config", str(published.config),
-                              "--root", "store", "--live", "app/tags.db", "status", "--json"],
-                             cwd=alias, capture_output=True, text=True, check=True)
-        assert json.loads(rel.stdout)["data"]["live"]["release_id"] == 2
-        pub = subprocess.run([*base, "publish", str(published.make_db("three.db", seed=3))],
-                             capture_output=True, text=True)
-        assert pub.returncode == 0, pub.stderr
+        monkeypatch.chdir(alias)
+        rel = published.cli_json("--root", "store", "--live", "app/tags.db", "status")
+        assert rel["live"]["release_id"] == 2  # type: ignore[index]
+        via_alias.cli("publish", str(published.make_db("three.db", seed=3)))
         assert published.status()["live"]["release_id"] == 3
     finally:
         alias.unlink()
