@@ -192,7 +192,7 @@ def test_file_name_with_a_newline_is_escaped_in_history(published: Env) -> None:
     db.write_bytes(published.live.read_bytes())
     Path(f"{db}-journal").write_bytes(b"\0" * 512)  # a hot journal: the reason names it
     published.cli("publish", str(db), expect=1)
-    out = published.run("history", "--limit", "1").stdout
+    out = published.cli("history", "--limit", "1").stdout
     assert len(out.strip().splitlines()) == 2, out  # the header, then one event
     assert "bad\\nname.db" in out
 
@@ -232,6 +232,6 @@ def test_rollback_says_which_releases_it_skipped_because_their_files_are_gone(
     # release 2 (idle) loses its files: rollback goes to 1 and says why not 2
     for p in published.root.rglob("release-2.db"):
         p.unlink()
-    res = published.run("rollback")
+    res = published.cli("rollback")
     assert "release 2" in (res.stdout + res.stderr) and "skipp" in (res.stdout + res.stderr)
     assert published.status()["live"]["release_id"] == 1

@@ -48,7 +48,7 @@ def test_identical_build_goes_to_done_as_unchanged(store: Env) -> None:
     box = store.tmp / "inbox"
     store.write_config(f'[watch]\ninbox = "{box}"\nsettle_s = 0.3\n')
     build = store.make_db("same.db", seed=1)
-    store.run("publish", str(build))
+    store.cli("publish", str(build))  # set-up: in-process
     box.mkdir()
     w = Watch(store)
     try:
