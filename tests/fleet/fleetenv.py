@@ -3,6 +3,7 @@ own store, live path and config), against the session's real SeaweedFS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -80,7 +81,14 @@ class Host:
         return json.loads(self.cli(*args, "--json", expect=expect).stdout)["data"]
 
     def live_sha(self) -> str | None:
-        return self.cli_json("status")["live"]["sha256"]
+        """The sha256 of the bytes the app opens at live_path now (None: nothing live).
+        Hashed here, not asked of `releaser status`, whose stale-reader scan reads every
+        process's open files on the machine (~20 ms a call on a busy one)."""
+        try:
+            with open(self.live, "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            return None
 
     def releases(self) -> list[dict[str, Any]]:
         return self.cli_json("releases")
