@@ -62,12 +62,16 @@ def test_missing_credentials_say_so(tmp_path) -> None:  # noqa: ANN001
     import os
     import subprocess
 
-    from releaser.fleet.sign import keygen
+    from click.testing import CliRunner
+
+    from releaser.cli import cli
     from tests.conftest import RELEASER_BIN
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true")
-    keygen(tmp_path / "k", tmp_path / "k.pub")  # the config needs a public key to load
+    made = CliRunner().invoke(cli, ["fleet", "keygen", "--secret", str(tmp_path / "k"),
+                                    "--public", str(tmp_path / "k.pub")])
+    assert made.exit_code == 0, made.output  # in-process: only the status below is under test
     config = tmp_path / "releaser.toml"
     config.write_text(f'root = "{tmp_path}/store"\nlive_path = "{tmp_path}/app/tags.db"\n'
                       '[fleet]\nurl = "s3://b/p"\nendpoint_url = "http://127.0.0.1:9"\n'
