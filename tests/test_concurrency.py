@@ -9,8 +9,11 @@ live); the live symlink, sampled throughout, always names a recorded release.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import select
+import struct
 import subprocess
 import sys
 import threading
@@ -61,19 +64,51 @@ def three_live(env: Env, builds: list[Path]) -> Env:
     return env
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+IN_MOVED_FROM, IN_MOVED_TO, IN_DELETE = 0x40, 0x80, 0x200
+
+
 class LiveSampler(threading.Thread):
-    """Reads the live symlink as fast as it can: it must always exist."""
+    """The live symlink must always exist. inotify on its folder sees every change of the
+    name: an atomic swap is one rename onto it (IN_MOVED_TO); a delete or a rename away
+    (IN_DELETE, IN_MOVED_FROM), however brief the gap after it, is an error. The link
+    is read after each change and every 5 ms (`seen`). (It used to spin on readlink,
+    a core of CPU while the operations ran, and could still miss a microsecond gap.)"""
 
     def __init__(self, live: Path) -> None:
         super().__init__(daemon=True)
         self.live, self.stop, self.seen, self.errors = live, threading.Event(), set(), []
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        mask = IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE
+        if _libc.inotify_add_watch(self.fd, str(live.parent).encode(), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {live.parent}")
+
+    def _changes(self) -> None:
+        try:
+            buf = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        i = 0
+        while i < len(buf):
+            _wd, mask, _cookie, size = struct.unpack_from("iIII", buf, i)
+            name = buf[i + 16:i + 16 + size].rstrip(b"\0").decode()
+            i += 16 + size
+            if name == self.live.name and mask & (IN_DELETE | IN_MOVED_FROM):
+                self.errors.append(f"{self.live} was {'deleted' if mask & IN_DELETE else 'moved away'}")
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.seen.add(os.path.basename(os.readlink(self.live)))
-            except OSError as exc:
-                self.errors.append(repr(exc))
+        try:
+            while not self.stop.is_set():
+                select.select([self.fd], [], [], 0.005)
+                self._changes()
+                try:
+                    self.seen.add(os.path.basename(os.readlink(self.live)))
+                except OSError as exc:
+                    self.errors.append(repr(exc))
+            self._changes()
+        finally:
+            os.close(self.fd)
 
 
 def _launch(env: Env, builds: list[Path], wait: list[float]) -> list[tuple[str, subprocess.Popen]]:
