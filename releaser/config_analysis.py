@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import promql
 from .config_gates import Bounds
 
 # [[analysis.prometheus]] reduce rules (a vector of several series -> one number)
@@ -48,6 +47,8 @@ class PrometheusQuery:
             raise ValueError(f"failure_limit must be >= 1, got {self.failure_limit}")
         if self.interval_s <= 0 or self.timeout_s <= 0:
             raise ValueError("interval_s and timeout_s must be > 0")
+        from . import promql  # its regexes compile only for a config that has a query
+
         unknown = sorted(promql.template_names(self.query) - set(promql.TEMPLATE_VARS))
         if unknown:
             raise ValueError(f"query: unknown template variable {{{unknown[0]}}} (known: "

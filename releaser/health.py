@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from . import access
 from .config import Config
 from .db import ReadOnlyDB
-from .staging import sha256_file
 from .state import Release, StateDB
 from .store import Store, release_id_of
 
@@ -107,6 +106,8 @@ def _check(config: Config, store: Store, state: StateDB, *, full_hash: bool,
         report.reasons.append(file_result.reason())
         return report
     if full_hash:
+        from .staging import sha256_file  # a full check only: status never hashes
+
         report.hashed = True
         digest = sha256_file(target)
         if digest != release.sha256:
@@ -163,6 +164,8 @@ def identity_problem(path: Path, release: Release, state: StateDB) -> str | None
     if release.inode is None or (st.st_ino, st.st_mtime_ns) == (release.inode,
                                                                 release.mtime_ns):
         return None
+    from .staging import sha256_file  # only when inode/mtime moved (rollback's usual path: not)
+
     digest = sha256_file(path)
     if digest != release.sha256:
         return (f"inode/mtime and sha256 differ: {digest[:12]}… is not "

@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from . import signals
 from .config_calls import Hook
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("releaser.hooks")
 
@@ -71,6 +73,9 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: dict[str, str]) -
     result and the reader is left to finish alone. On timeout, or when we are
     interrupted (Ctrl-C, SIGTERM), the whole group is killed: no hook outlives us.
     """
+    # here, not at the top: publish and rollback without hooks never load subprocess
+    import subprocess
+
     t0 = time.perf_counter()
     full_env = {**os.environ, **env}
     tail = bytearray()
@@ -125,6 +130,8 @@ def _drain(pipe: IO[bytes], tail: bytearray) -> None:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import subprocess
+
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with suppress(subprocess.TimeoutExpired):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,9 @@ LINE_TYPES = ("release", "event", "compaction", "checkpoint")
 
 
 def new_uid() -> str:
-    return secrets.token_hex(8)
+    # what secrets.token_hex(8) returns, without importing secrets (random, hmac,
+    # base64) into every command
+    return os.urandom(8).hex()
 
 
 @dataclass

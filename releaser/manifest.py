@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,7 @@ def from_row(row: dict[str, Any], updated_at: str) -> dict[str, Any]:
 def write(folder: Path, doc: dict[str, Any]) -> Path:
     """Write doc as folder/release-<id>.json: temp name, fsync, rename, fsync folder."""
     final = folder / manifest_name(int(doc["release_id"]))
-    tmp = folder / f"{TMP_PREFIX}manifest-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = folder / f"{TMP_PREFIX}manifest-{os.getpid()}-{os.urandom(4).hex()}"
     data = (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:

@@ -22,7 +22,6 @@ from .errors import UsageError
 from .postswap import SWAPPING
 from .preflight import hot_journal
 from .session import Context, file_of, open_store
-from .staging import Staged, sha256_file
 from .state import Release
 from .store import SLOTS, STAGING_PREFIX, FileIdentity
 
@@ -92,6 +91,8 @@ def _adopt(ctx: Context, actor: str) -> dict[str, Any]:
         except PermissionError:
             pass  # another user's file (fs.protected_hardlinks): copy it instead
         else:
+            from .staging import Staged, sha256_file  # adopting (init) only
+
             staged = Staged(path=staged_path, slot=slot, sha256=sha256_file(live),
                             size=live.stat().st_size, method="hardlink")
     if staged is None:

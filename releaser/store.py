@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import access, manifest, staging, store_lock
+from . import access, manifest, store_lock
 from .errors import StoreIOError
 from .files import fsync_dir, io_error, remove_quietly
-from .staging import ProgressFn, Staged
+
+if TYPE_CHECKING:
+    from .staging import ProgressFn, Staged
 
 SLOTS = ("blue", "green")
 RELEASE_FILE_RE = re.compile(r"^release-(\d+)\.db$")
@@ -188,7 +189,7 @@ class Store:
     def swap(self, target: Path) -> None:
         """Point live_path at target atomically: make a symlink aside, rename it over."""
         tmp = self.live_path.parent / (
-            f".{self.live_path.name}{SWAP_TMP_INFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            f".{self.live_path.name}{SWAP_TMP_INFIX}{os.getpid()}-{os.urandom(4).hex()}"
         )
         try:
             os.symlink(target, tmp)
@@ -216,10 +217,12 @@ class Store:
     # -- staging ----------------------------------------------------------
 
     def _staging_path(self, slot: str) -> Path:
-        return self.slot_dir(slot) / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.db"
+        return self.slot_dir(slot) / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}.db"
 
     def stage(self, source: Path, slot: str, progress: ProgressFn | None = None) -> Staged:
         """Copy source into slot under a temp name, hashing in the same pass (staging.py)."""
+        from . import staging  # publish only: status and rollback never copy (nor hash)
+
         return staging.stage(source, self._staging_path(slot), slot, progress)
 
     def discard(self, staged: Staged) -> None:
