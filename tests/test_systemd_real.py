@@ -345,6 +345,7 @@ STEPS = {
 def test_a_fresh_install_under_systemd_works_end_to_end(box: Box) -> None:
     """The steps share one boot; the first failing one names itself in the traceback."""
     for name, step in STEPS.items():
-        cpu = _children_cpu()
+        t, cpu = time.monotonic(), _children_cpu()
         step(box)
+        box.timings[f"{name}_step_s"] = time.monotonic() - t
         box.cpu[name] = _children_cpu() - cpu
