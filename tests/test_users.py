@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .monitorproc import monitor_section, parse_metrics
-from .users import Deployment, Runtime, make_deployment, require_root
+from .users import Deployment, People, Runtime, make_deployment, require_root
 
 READ_ONLY = ("status", "history", "releases", "check")
 
@@ -34,13 +34,22 @@ def runtime() -> Iterator[Runtime]:
     rt.remove()
 
 
+@pytest.fixture(scope="session")
+def people() -> Iterator[People]:
+    """The group and users: no test changes them, so they are made once."""
+    require_root()
+    p = People.create()
+    yield p
+    p.remove()
+
+
 @pytest.fixture
-def dep(runtime: Runtime) -> Iterator[Deployment]:
+def dep(runtime: Runtime, people: People) -> Iterator[Deployment]:
     require_root()
     hardlinks = Path("/proc/sys/fs/protected_hardlinks")
     if hardlinks.exists() and hardlinks.read_text().strip() != "1":
         pytest.fail("fs.protected_hardlinks must be 1 (Debian's default) for these tests")
-    d = make_deployment(runtime, monitor_section(failures_before_revert=1))
+    d = make_deployment(runtime, people, monitor_section(failures_before_revert=1))
     yield d
     d.close()
 
@@ -56,19 +65,22 @@ def _live_id(dep: Deployment) -> int:
     return int(re.search(r"release-(\d+)\.db$", os.readlink(dep.live)).group(1))  # type: ignore[union-attr]
 
 
-def _oncall_reads_everything(dep: Deployment, build: Path) -> None:
-    """Every read-only command works for a user who can read the store but not write it."""
+def _oncall_reads_everything(dep: Deployment, build: Path) -> str:
+    """Every read-only command works for a user who can read the store but not write it.
+
+    Returns what on-call's `check` printed (stdout and stderr)."""
     status = json.loads(dep.run("oncall", "status", "--json").stdout)["data"]
     assert status["live"]["release_id"] == _live_id(dep)
     history = json.loads(dep.run("oncall", "history", "--json").stdout)["data"]
     assert history and history[0]["action"]
     releases = json.loads(dep.run("oncall", "releases", "--json").stdout)["data"]
     assert any(r["status"] == "live" for r in releases)
-    dep.run("oncall", "check")
+    check = dep.run("oncall", "check")
     dep.run("oncall", "validate", str(build))
     # the store is not writable for on-call: nothing was created by them
     for p in dep.root.rglob("*"):
         assert dep.role_of(p) != "oncall", p
+    return check.stdout + check.stderr
 
 
 def test_mixed_publishers_rollback_and_auto_revert(dep: Deployment) -> None:
@@ -159,16 +171,16 @@ def test_oncall_cannot_change_anything_and_is_told_why(dep: Deployment) -> None:
         line = _one_line(proc)
         assert "permission" in line.lower() and dep.group in line, line
     assert (os.readlink(dep.live), dep.events()) == before
+    checks = dep.state_rows("SELECT COUNT(*) FROM health_checks")[0][0]
     # the last writer to close removes state.db-wal and -shm (the test's own read-only
     # reads as root leave them): on-call, who cannot create them, still reads
     dep.run("svc", "check")
     assert not list(dep.root.glob("state.db-*"))
-    _oncall_reads_everything(dep, mine)
-    # `check` by on-call is not recorded (it cannot write) but still answers
-    checks = dep.state_rows("SELECT COUNT(*) FROM health_checks")[0][0]
-    proc = dep.run("oncall", "check")
-    assert dep.state_rows("SELECT COUNT(*) FROM health_checks")[0][0] == checks
-    assert "not recorded" in proc.stdout + proc.stderr
+    said = _oncall_reads_everything(dep, mine)
+    # `check` by on-call is not recorded (it cannot write) but still answers; the
+    # service user's is
+    assert dep.state_rows("SELECT COUNT(*) FROM health_checks")[0][0] == checks + 1
+    assert "not recorded" in said
 
 
 def test_unreadable_source_is_exit_2_with_a_hint(dep: Deployment) -> None:
@@ -286,6 +298,9 @@ def test_stale_readers_across_users_never_a_false_zero(dep: Deployment) -> None:
 
 def test_inbox_done_and_rejected_are_writable_by_the_inbox_group(dep: Deployment) -> None:
     dep.run("svc", "init")
+    # the files arrive by rename, whole: the default 5 s settle would only be waited out
+    with open(dep.config, "a") as fh:
+        fh.write("\n[watch]\nsettle_s = 0.5\n")
     inbox = dep.base / "inbox"
     subprocess.run(["install", "-d", "-o", str(dep.users["svc"].uid), "-g", dep.group, "-m",
                     "2775", str(inbox)], check=True)

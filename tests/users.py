@@ -1,7 +1,8 @@
 """Real users and groups for the permission tests (tests/test_users.py).
 
-As root, each test gets a fresh group of publishers and five real users, removed
-afterwards:
+As root, the session creates a group of publishers and five real users, removed at
+its end (no test changes a user or the group: each test gets its own folder, homes,
+store and config, see make_deployment):
     svc     the service user (`releaser` in a deployment): owns the store, member
             of the publishers group, runs the monitor, the watcher and rollbacks
     alice   a data engineer (publishers group), builds in her own 0700 home
@@ -17,6 +18,8 @@ interpreter that may sit in a 0700 home (/root/.pyenv): other users cannot run
 it. So the session copies releaser and its runtime dependencies (pure Python)
 into a world-readable folder under /tmp and runs them with a Python interpreter
 every user can execute: the same code, installed where a service user can read it.
+Its bytecode is written by importing what releaser imports with that interpreter
+(not compileall over every file of every dependency: 4x the CPU for files never run).
 """
 
 from __future__ import annotations
@@ -77,12 +80,18 @@ def _interpreter() -> str | None:
     return None
 
 
-_IMPORTED_DISTS = """
-import importlib, importlib.metadata as md, pkgutil, sys
+_IMPORT_ALL = """
+import importlib, pkgutil, sys
 import releaser
 for m in pkgutil.walk_packages(releaser.__path__, "releaser."):
     if not m.name.startswith("releaser.fleet"):
         importlib.import_module(m.name)
+# what is imported only when it runs: the monitor's scheduler, --help's wrapping
+import apscheduler.executors.pool, apscheduler.jobstores.memory, click._textwrap
+"""
+
+_IMPORTED_DISTS = _IMPORT_ALL + """
+import importlib.metadata as md
 dists = md.packages_distributions()
 print("\\n".join(sorted({d for name in list(sys.modules) for d in dists.get(
     name.split(".")[0], []) if name.split(".")[0] != "releaser"})))
@@ -128,7 +137,9 @@ class Runtime:
         exe = bindir / "releaser"
         exe.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(site)!r})\n"
                        "from releaser.cli import main\nmain()\n")
-        subprocess.run([python, "-m", "compileall", "-q", str(site)], check=True)
+        # bytecode for every module releaser imports, written beside the copy (as root)
+        subprocess.run([python, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n"
+                        + _IMPORT_ALL], check=True)
         for dirpath, _dirs, filenames in os.walk(root):
             os.chmod(dirpath, 0o755)
             for name in filenames:
@@ -145,6 +156,43 @@ class User:
     name: str
     uid: int
     gid: int
+
+
+@dataclass
+class People:
+    """The publishers group and the five users (ROLES), created once per session."""
+
+    group: str
+    gid: int
+    users: dict[str, User]
+
+    @classmethod
+    def create(cls) -> People:
+        tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
+        people = cls(group=f"rlp{tag}", gid=0, users={})
+        subprocess.run(["groupadd", people.group], check=True, capture_output=True)
+        try:
+            people.gid = int(subprocess.run(["getent", "group", people.group], check=True,
+                                            capture_output=True, text=True).stdout.split(":")[2])
+            for role in ROLES:
+                name = f"rl{role[:2]}{tag}"
+                # the home in passwd is never used: each test gives HOME its own folder
+                argv = ["useradd", "--no-create-home", "--user-group", "--shell",
+                        "/usr/sbin/nologin", "--home-dir", "/nonexistent"]
+                if role in PUBLISHERS:
+                    argv += ["--groups", people.group]
+                subprocess.run([*argv, name], check=True, capture_output=True)
+                pw = pwd.getpwnam(name)
+                people.users[role] = User(name, pw.pw_uid, pw.pw_gid)
+        except BaseException:
+            people.remove()
+            raise
+        return people
+
+    def remove(self) -> None:
+        for u in self.users.values():
+            subprocess.run(["userdel", u.name], capture_output=True)
+        subprocess.run(["groupdel", self.group], capture_output=True)
 
 
 @dataclass
@@ -266,9 +314,6 @@ class Deployment:
                 proc.kill()
             with _quiet():
                 proc.wait(10)
-        for u in self.users.values():
-            subprocess.run(["userdel", u.name], capture_output=True)
-        subprocess.run(["groupdel", self.group], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -280,29 +325,16 @@ class _quiet:
         return True
 
 
-def make_deployment(runtime: Runtime, extra_config: str = "") -> Deployment:
-    """Group + users + a store prepared as `make install-systemd` prepares /var/lib/releaser."""
-    tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
-    group = f"rlp{tag}"
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
-    users: dict[str, User] = {}
+def make_deployment(runtime: Runtime, people: People, extra_config: str = "") -> Deployment:
+    """A store prepared as `make install-systemd` prepares /var/lib/releaser, in a folder
+    of its own, for the session's group and users."""
+    users = people.users
     base = Path(tempfile.mkdtemp(prefix="releaser-users-", dir="/tmp"))
     os.chmod(base, 0o755)
-    dep = Deployment(base=base, runtime=runtime, group=group, gid=0, users=users,
-                     config=base / "releaser.toml", root=base / "store",
+    dep = Deployment(base=base, runtime=runtime, group=people.group, gid=people.gid,
+                     users=users, config=base / "releaser.toml", root=base / "store",
                      live=base / "app" / "tags.db")
     try:
-        dep.gid = int(subprocess.run(["getent", "group", group], check=True,
-                                     capture_output=True, text=True).stdout.split(":")[2])
-        for role in ROLES:
-            name = f"rl{role[:2]}{tag}"
-            argv = ["useradd", "--no-create-home", "--user-group", "--shell",
-                    "/usr/sbin/nologin", "--home-dir", str(base / "home" / role)]
-            if role in PUBLISHERS:
-                argv += ["--groups", group]
-            subprocess.run([*argv, name], check=True, capture_output=True)
-            pw = pwd.getpwnam(name)
-            users[role] = User(name, pw.pw_uid, pw.pw_gid)
         (base / "home").mkdir(mode=0o755)
         for role in (*ROLES, "root"):
             home = base / "home" / role
@@ -314,7 +346,7 @@ def make_deployment(runtime: Runtime, extra_config: str = "") -> Deployment:
         svc = users["svc"]
         # what `make install-systemd` does for /var/lib/releaser and the live folder
         for d in (dep.root, dep.live.parent):
-            subprocess.run(["install", "-d", "-o", str(svc.uid), "-g", group, "-m", "2775",
+            subprocess.run(["install", "-d", "-o", str(svc.uid), "-g", dep.group, "-m", "2775",
                             str(d)], check=True)
         text = config_text(dep.live, dep.root)
         if "[monitor]" in extra_config:
