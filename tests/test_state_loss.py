@@ -3,7 +3,8 @@
 Each case damages state.db the way production does (a few pages overwritten,
 deleted, truncated to 0, held by another process in a write transaction) or
 cuts the journal mid-line, then drives the installed `releaser` in
-subprocesses and checks that:
+subprocesses (in-process only to set a store up or to read it back once
+state.db is whole again) and checks that:
 - live changes only by the rollback asked for (`rollback` works degraded and exits 0);
 - `status` shows live, idle and the rollback target with a line about state.db;
 - `fsck` finds the problem (exit 1) and `fsck --repair` restores the whole record
@@ -143,11 +144,11 @@ def test_rollback_status_and_repair_without_state_db(history3: Env, how: str,
     assert (newest["action"], newest["outcome"], newest["release_id"],
             newest["from_release_id"], newest["reason"]) == ("rollback", "ok", 2, 3, "INC-1")
     assert rel_view(rels_after) == rel_view(rels_before)
-    env.run("fsck")  # clean now
+    env.cli("fsck")  # clean now (whole again: read in-process)
 
     # ids are not reused: the next release is 5 (4 was the rejected build)
-    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)["data"]
-    assert pub["release_id"] == 5 and live_id(env) == 5
+    pub = env.cli_json("publish", str(builds[3]))
+    assert pub["release_id"] == 5 and live_id(env) == 5  # type: ignore[index]
 
 
 def test_init_points_to_fsck_when_state_db_is_deleted(history3: Env) -> None:
@@ -196,9 +197,8 @@ def test_locked_state_db(history3: Env, builds: list[Path]) -> None:
     hist_after, _ = record(env)
     assert comparable(hist_after[1:]) == comparable(hist_before)
     assert (hist_after[0]["action"], hist_after[0]["release_id"]) == ("rollback", 2)
-    env.run("fsck")
-    pub = json.loads(env.run("publish", str(builds[3]), "--json").stdout)["data"]
-    assert pub["release_id"] == 5
+    env.cli("fsck")
+    assert env.cli_json("publish", str(builds[3]))["release_id"] == 5  # type: ignore[index]
 
 
 def test_degraded_event_imported_by_the_next_command(history3: Env) -> None:
@@ -214,7 +214,7 @@ def test_degraded_event_imported_by_the_next_command(history3: Env) -> None:
         holder.communicate("", timeout=10)
     assert live_id(env) == 2
     env.run("rollback")  # back to 1 (Capistrano order), importing the first one first
-    hist = json.loads(env.run("history", "--json").stdout)["data"]
+    hist = env.history()
     rollbacks = [(e["release_id"], e["from_release_id"]) for e in hist
                  if e["action"] == "rollback"]
     assert rollbacks[:2] == [(1, 2), (2, 3)]
@@ -245,7 +245,7 @@ def test_journal_cut_mid_line_then_state_db_lost(history3: Env) -> None:
     assert rel_view(rels_after) == rel_view(rels_before)
     # ...and the journal takes whole lines again after the repair
     assert journal.read_bytes().endswith(b"\n")
-    env.run("rollback", "--to", "3")
+    env.cli("rollback", "--to", "3")
     assert live_id(env) == 3
     lines = journal.read_bytes().decode().splitlines()
     assert all(json.loads(line) for line in lines)
@@ -275,7 +275,7 @@ def test_fsck_reports_a_stray_manifest_change_and_repairs_it(history3: Env) -> N
     assert "release-1" in out.stdout and "manifest" in out.stdout
     env.run("fsck", "--repair")
     assert json.loads(m.read_text())["sha256"] == doc["sha256"]
-    env.run("fsck")
+    env.cli("fsck")
     conn = sqlite3.connect(env.root / "state.db")
     assert conn.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 4
     conn.close()
@@ -284,7 +284,7 @@ def test_fsck_reports_a_stray_manifest_change_and_repairs_it(history3: Env) -> N
 def test_monitor_auto_reverts_with_state_db_deleted(history3: Env) -> None:
     """The monitor checks against the journal and the manifests and reverts degraded."""
     env = history3
-    set_config(env, monitor={"failures_before_revert": 1})
+    set_config(env, monitor={"failures_before_revert": 1, "interval_s": 0.3})
     hist_before, _ = record(env)
     delete_state(env)
     with MonitorProc(env, "-v", "monitor") as mon:
