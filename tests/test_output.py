@@ -1,5 +1,6 @@
 """What scripts and people read: JSON envelopes, exit codes through pipes, tables, progress,
-logs, diff direction, help and completion. Real subprocesses (and a real pty) throughout."""
+logs, diff direction, help and completion. Real subprocesses (and a real pty) for what is
+read; a store is set up in-process (CliRunner), as the conftest `published` fixture does."""
 
 from __future__ import annotations
 
@@ -39,16 +40,17 @@ def envelope(text: str, command: str) -> dict:
 
 def test_every_json_result_has_one_envelope(published: Env) -> None:
     good = published.make_db("three.db", seed=3)
+    docs = {}
     for args, command, outcome in [
             (["status"], "status", "ok"), (["history"], "history", "ok"),
             (["releases"], "releases", "ok"), (["validate", str(good)], "validate", "ok"),
             (["publish", str(good), "--dry-run"], "publish", "validated"),
             (["check"], "check", "ok"), (["diff"], "diff", "ok"), (["init"], "init", None)]:
         proc = published.run(*args, "--json")
-        doc = envelope(proc.stdout, command)
+        doc = docs[command] = envelope(proc.stdout, command)
         if outcome:
             assert doc["outcome"] == outcome, (args, doc)
-    assert envelope(published.run("history", "--json").stdout, "history")["data"][0]["action"]
+    assert docs["history"]["data"][0]["action"]
     doc = envelope(published.run("rollback", "--json").stdout, "rollback")
     assert doc["outcome"] == "ok" and doc["data"]["release_id"] == 1
 
@@ -177,8 +179,8 @@ def test_table_wraps_one_column_to_the_width() -> None:
 
 def test_releases_cut_notes_at_words_and_align_columns(store: Env) -> None:
     note = "nightly rebuild with the reclassified artist tags and merged synonyms " * 3
-    store.run("publish", str(store.make_db("a.db", seed=1)), "--note", note)
-    store.run("publish", str(store.make_db("b.db", seed=2)))
+    store.cli("publish", str(store.make_db("a.db", seed=1)), "--note", note)
+    store.cli("publish", str(store.make_db("b.db", seed=2)))
     # release 1 (idle) goes bad: its status shows as "idle (bad)"
     import sqlite3
     conn = sqlite3.connect(store.root / "state.db")
@@ -218,7 +220,7 @@ def test_diff_reads_old_then_new(store: Env) -> None:
     line = next(x for x in text.splitlines() if x.strip().startswith("tags_final"))
     assert "-100" in line and "+100" not in line, text
     # one argument: the candidate is NEW, live is OLD
-    store.run("publish", str(old))
+    store.cli("publish", str(old))
     doc = store.cli_json("diff", str(new))
     assert next(t for t in doc["tables"] if t["table"] == "tags_final")["change"] == -100
     assert doc["old"]["release_id"] == 1
