@@ -90,8 +90,9 @@ def _parse(lines: list[str], who: str) -> tuple[int, set[int]]:
 
 def _cycles(env: Env, builds: dict[int, Path], cycles: int) -> None:
     # This test is about whole reads, not probe speed: the readers hammer the same file on
-    # a shared machine, so the default 100 ms probe budget would make it a timing test.
-    env.write_config(budget_ms="10000")
+    # a shared machine, so the default 100 ms probe budget would make it a timing test,
+    # and 2 probe runs instead of 20 shorten each cycle (the readers spin all along).
+    env.write_config(budget_ms="10000", probe_runs="2")
     config = load_config(env.config)
     publish.publish(config, builds[SEEDS[0]], actor="readers-test")
     others = [builds[s] for s in SEEDS[1:]]
@@ -107,7 +108,10 @@ def _cycles(env: Env, builds: dict[int, Path], cycles: int) -> None:
     readers.append(subprocess.Popen(
         [sys.executable, "-c", PY_READERS, str(env.live), str(stop), str(py_log), READ_SQL]))
     try:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while not all(log.stat().st_size for log in cli_logs):  # the readers are reading
+            assert time.monotonic() < deadline, "the sqlite3 readers never read"
+            time.sleep(0.01)
         for i in range(cycles):
             # publish a new build, then roll back to the one before: live flips each time
             publish.publish(config, others[i % len(others)], actor="readers-test")
