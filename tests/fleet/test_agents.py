@@ -1,4 +1,4 @@
-"""Three real `releaser agent` processes (each its own store and live path) take pushes
+"""Five real `releaser agent` processes (each its own store and live path) take pushes
 within poll_s + a few seconds; a fleet rollback brings all back with no download."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ def _rows(live) -> int:  # noqa: ANN001
         conn.close()
 
 
-def test_three_agents_take_pushes_and_roll_back_without_download(fleet: Fleet) -> None:
-    hosts = [fleet.host(f"app{i}") for i in range(3)]
+def test_five_agents_take_pushes_and_roll_back_without_download(fleet: Fleet) -> None:
+    # five: the fleet issue (12) names this figure
+    hosts = [fleet.host(f"app{i}") for i in range(5)]
     first = fleet.push(fleet.make_db("one.db", rows=2000, seed=1), note="first")
     for h in hosts:
         h.start_agent()
@@ -47,7 +48,7 @@ def test_three_agents_take_pushes_and_roll_back_without_download(fleet: Fleet) -
 
     status = fleet.fleet_json("status", "--channel", "staging")
     assert status["pointer"]["seq"] == back["seq"]
-    assert status["summary"] == {"hosts": 3, "on_pointer_release": 3, "applied": 3}
+    assert status["summary"] == {"hosts": 5, "on_pointer_release": 5, "applied": 5}
     chain = fleet.fleet_json("releases", "--channel", "staging")
     assert [(r["seq"], r["action"]) for r in chain] == [
         (3, "rollback"), (2, "push"), (1, "push")]
