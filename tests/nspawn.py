@@ -20,7 +20,8 @@ Invariants:
   never share one, and poweroff() removes it: nothing is left behind.
 - Every wait is bounded; poweroff() kills nspawn when a clean poweroff takes too long.
 - The host's extra CA certificates and pip configuration are copied in before boot,
-  so pip inside reaches the package registry as it does on the host.
+  so pip inside reaches the package registry as it does on the host; what
+  update-ca-certificates makes of those CAs is cached beside the image (keyed on them).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MASK = ("console-getty.service", "getty@tty1.service", "apt-daily.timer",
         "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
         "fstrim.timer", "systemd-timesyncd.service")
 CACHE = Path(os.environ.get("RELEASER_TEST_CACHE", "/var/cache/releaser-test"))
+HOST_CAS = Path("/usr/local/share/ca-certificates")
 # the container's writes (checkout, venv, pip's build, journal) fit well within this
 SCRATCH_SIZE = "2g"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"),
@@ -85,6 +87,8 @@ def build_image(*, log: bool = True) -> Path:
     out = image_path()
     if out.exists():
         extracted_tree(out)
+        if HOST_CAS.is_dir():
+            ca_layer(out)
         if log:
             print(f"systemd image: {out} (cached)")
         return out
@@ -111,6 +115,8 @@ def build_image(*, log: bool = True) -> Path:
                         str(tmp), "."], check=True, timeout=600)
         os.replace(tmp, out)
         extracted_tree(out)
+        if HOST_CAS.is_dir():
+            ca_layer(out)
         if log:
             print(f"systemd image: built {out} in {time.monotonic() - t0:.0f} s")
         return out
@@ -136,6 +142,58 @@ def extracted_tree(image: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return tree
+
+
+# -- the host's CA certificates, inside ----------------------------------------
+
+def _update_cas(tree: Path) -> None:
+    """The host's extra CAs copied into tree and update-ca-certificates run there."""
+    dest = tree / "usr/local/share/ca-certificates"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in HOST_CAS.rglob("*"):
+        if p.is_file():
+            target = dest / p.relative_to(HOST_CAS)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+    # not the host's TMPDIR: a host path (e.g. a tmpfs) the tree does not have
+    env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+    subprocess.run(["chroot", str(tree), "update-ca-certificates"], check=True,
+                   timeout=120, capture_output=True, env=env)
+
+
+def ca_layer(image: Path) -> Path | None:
+    """What _update_cas writes over the image's tree, as a tarball cached beside the image,
+    keyed on the host's CA files (update-ca-certificates takes 2 s of CPU, 5 s under load,
+    on every boot otherwise). None when it removed a file (an overlay whiteout a tarball
+    cannot replay): then each boot runs it."""
+    h = hashlib.sha256()
+    for p in sorted(p for p in HOST_CAS.rglob("*") if p.is_file()):
+        h.update(f"{p.relative_to(HOST_CAS)}\0".encode() + p.read_bytes() + b"\0")
+    out = image.with_name(f"{image.stem}.ca-{h.hexdigest()[:16]}.tar")
+    if out.exists():
+        return out
+    work = Path(tempfile.mkdtemp(prefix=".ca-", dir=image.parent))
+    try:
+        upper, scratch, root = work / "upper", work / "work", work / "root"
+        for d in (upper, scratch, root):
+            d.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={extracted_tree(image)},upperdir={upper},workdir={scratch}",
+                        str(root)], check=True, capture_output=True, timeout=30)
+        try:
+            _update_cas(root)
+        finally:
+            subprocess.run(["umount", str(root)], check=True, timeout=30)
+        if any(p.is_char_device() for p in upper.rglob("*")):
+            return None
+        tops = sorted(p.name for p in upper.iterdir() if p.name != "tmp")
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        subprocess.run(["tar", "-C", str(upper), "--numeric-owner", "-cpf", str(tmp), *tops],
+                       check=True, timeout=60)
+        os.replace(tmp, out)
+        return out
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False, timeout=60)
 
 
 # -- pip configuration to replicate inside ----------------------------------
@@ -182,6 +240,7 @@ class Container:
         self.cgroups: list[Path] = []
         self.overlay = False
         self.scratch: Path | None = None  # the tmpfs holding the overlay's upper layer
+        self.image: Path | None = None  # the tarball the tree came from
         self.console = tree.parent / f"{name}.console.log"
 
     @classmethod
@@ -191,6 +250,7 @@ class Container:
         tree = parent / "root"
         tree.mkdir()
         c = cls(tree, name)
+        c.image = image
         lower = extracted_tree(image)
         scratch = parent / "rw"
         scratch.mkdir()
@@ -227,19 +287,13 @@ class Container:
 
     def prepare_host_settings(self) -> list[str]:
         """Copy the host's CA certificates and pip config in; nspawn --bind-ro options."""
-        cas = Path("/usr/local/share/ca-certificates")
-        if cas.is_dir():
-            dest = self.tree / "usr/local/share/ca-certificates"
-            dest.mkdir(parents=True, exist_ok=True)
-            for p in cas.rglob("*"):
-                if p.is_file():
-                    target = dest / p.relative_to(cas)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(p, target)
-            # not the host's TMPDIR: a host path (e.g. a tmpfs) the tree does not have
-            env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
-            subprocess.run(["chroot", str(self.tree), "update-ca-certificates"], check=True,
-                           timeout=120, capture_output=True, env=env)
+        if HOST_CAS.is_dir():
+            layer = ca_layer(self.image) if self.image is not None else None
+            if layer is not None:  # what update-ca-certificates wrote, cached
+                subprocess.run(["tar", "-C", str(self.tree), "--numeric-owner", "-xpf",
+                                str(layer)], check=True, timeout=60)
+            else:
+                _update_cas(self.tree)
         # nspawn names the host after the machine: let it resolve (sudo asks)
         with open(self.tree / "etc/hosts", "a") as hosts:
             hosts.write(f"127.0.1.1\t{self.name} releaser-test\n")
