@@ -3,7 +3,7 @@ exactly as the README's "Install under systemd" steps say.
 
 One boot, one test (so xdist keeps it on one worker), its steps in order, each
 building on the previous one's state: install, edit only the config values the
-README names, install again, `sudo -u releaser releaser init`, two publishes,
+README names, install again (which runs `releaser init` as releaser), two publishes,
 `systemctl enable --now` both units. Then: the monitor is active after READY=1 and
 /healthz is 200; the watcher publishes a file renamed into the inbox; the sandbox
 refuses writes outside ReadWritePaths=; a damaged live file is reverted by the
@@ -160,7 +160,6 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
             db = write_sample(c.tree / BUILDS.lstrip("/") / f"tags-{seed}.db", rows=3000,
                               seed=seed)
             db.chmod(0o644)
-        b.sh("sudo -u releaser releaser init")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-1.db --note first")
         b.sh(f"sudo -u releaser releaser publish {BUILDS}/tags-2.db --note second")
         b.cpu["setup"] = _children_cpu() - cpu0
