@@ -5,6 +5,10 @@ config_calls, config_analysis, fleet.settings; [history] and the top level
 here); config_convert walks the TOML tables against their fields so that an
 unknown key, a wrong type or a bad value is one ConfigError naming the key
 and the file. Loading reads the file once and writes nothing.
+
+Sections are frozen with eq=False, repr=False: nothing compares or prints a
+section, and each method dataclass() generates is compiled again by every
+command at start-up (Bounds keeps its __eq__ and __repr__, a value in tests).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ ENV_CONFIG = "RELEASER_CONFIG"
 SYSTEM_CONFIG = Path("/etc/releaser/releaser.toml")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class History:
     """[history]: keep_events 0 keeps every event; N > 0 compacts state.db after each
     publish to the newest N events (and the release rows none of them names), and
@@ -44,7 +48,7 @@ class History:
             raise ValueError(f"journal_max_bytes must be >= 1, got {self.journal_max_bytes}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Config:
     """The whole releaser.toml: the store's paths and every section, validated."""
 

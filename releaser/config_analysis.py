@@ -16,7 +16,7 @@ from .config_gates import Bounds
 REDUCERS = ("max", "min", "sum", "avg")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PrometheusQuery:
     """[[analysis.prometheus]]: one PromQL instant query held to fail bounds."""
 
@@ -61,7 +61,7 @@ class PrometheusQuery:
                 "(e.g. sum(...) without by)")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Analysis:
     """[analysis]: the queries, the monitor's watch after a publish, inconclusive limit."""
 

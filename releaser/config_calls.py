@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class HttpTarget:
     """An HTTP endpoint called with a per-attempt deadline and retries."""
 
@@ -30,7 +30,7 @@ class HttpTarget:
             raise ValueError("retries and retry_delay_s must be >= 0")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class HttpProbe(HttpTarget):
     """[[verify.http]]: the app answers expect_status (and the body checks) when healthy."""
 
@@ -46,7 +46,7 @@ class HttpProbe(HttpTarget):
             raise ValueError("json_value needs json_field (the dotted path it applies to)")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Command:
     """An argv list run without a shell, under a time limit."""
 
@@ -64,7 +64,7 @@ class ExecProbe(Command):
     """[[verify.exec]]: exit 0 means the app is healthy on the new release."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Verify:
     """[verify]: the app's own health probes, run for window_s after a swap."""
 
@@ -90,7 +90,7 @@ class Hook(Command):
     """[hooks]: run at a step of publish/rollback with RELEASER_* in the environment."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Hooks:
     """[hooks]: commands run at each step of publish and rollback."""
 
@@ -100,7 +100,7 @@ class Hooks:
     on_reject: tuple[Hook, ...] = ()
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Webhook(HttpTarget):
     """[[notify.webhook]]: a JSON POST for each event that matters."""
 
@@ -119,7 +119,7 @@ class Webhook(HttpTarget):
                              "fleet-rollout-paused)")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Notify:
     """[notify]: where webhooks are sent."""
 

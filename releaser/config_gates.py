@@ -41,7 +41,7 @@ class Bounds:
         return self.min is None and self.max is None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Change:
     """Allowed change against the live release's recorded value."""
 
@@ -70,7 +70,7 @@ class Change:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Check:
     """A SQL query returning one number, with fail/warn bounds and change limits."""
 
@@ -81,7 +81,7 @@ class Check:
     change: Change = field(default_factory=Change)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Probe:
     """A query the app runs; timed over probe_runs, p95 against budget_ms."""
 
@@ -98,7 +98,7 @@ class Probe:
             raise ValueError(f"min_rows must be >= 0, got {self.min_rows}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Gates:
     """[gates]: integrity mode, probe runs, query limits and the required schema."""
 
@@ -126,7 +126,7 @@ class Gates:
                 f"about 2 MB each), got {self.sqlite_heap_limit_mb}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Schema:
     """[schema]: which schema changes pass, and when a probe's plan warns."""
 
@@ -139,7 +139,7 @@ class Schema:
             raise ValueError(f"scan_rows_max must be >= 0, got {self.scan_rows_max}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Diff:
     """[diff]: the columns `releaser diff` groups its row counts by."""
 

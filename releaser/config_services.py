@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Monitor:
     """[monitor]: how often the live release is checked, and when it reverts."""
 
@@ -35,7 +35,7 @@ class Monitor:
             raise ValueError(f'metrics_listen must be "HOST:PORT", got "{self.metrics_listen}"')
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Watch:
     """[watch]: the inbox folder `releaser watch` publishes from."""
 

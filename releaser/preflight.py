@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import access
 from .errors import UsageError
-from .gate_result import WARN, GateResult
 from .store import Store
+
+if TYPE_CHECKING:
+    from .gate_result import GateResult
 
 
 def check_source_path(source: Path) -> None:
@@ -66,6 +69,8 @@ def source_sidecar_warnings(source: Path) -> list[GateResult]:
     wal = Path(f"{source}-wal")
     if not wal.exists() or wal.stat().st_size > 0:
         return []
+    from .gate_result import WARN, GateResult  # publish only (status imports this module)
+
     return [GateResult(
         "source_wal", "file", WARN, observed=0, threshold="no -wal beside the source",
         detail=f"{wal} exists (0 bytes): a connection may still have the build open; "

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .sign import PublicKey, SecretKey
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Fleet:
     """[fleet]: the bucket, this host's channel and id, and the signing keys."""
 
