@@ -11,7 +11,6 @@ one envelope. Knows no command: cli.py registers them.
 from __future__ import annotations
 
 import getpass
-import sqlite3
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +21,6 @@ import click
 from . import __version__
 from .cli_common import Settings, _click_error, _emit_json_error, _flush_json, _json_mode
 from .errors import EXIT_IO, EXIT_USAGE, ReleaserError
-from .log import setup_logging
 from .signals import interrupt_on_signals
 
 EXIT_CODES_HELP = """\b
@@ -128,7 +126,7 @@ class ReleaserGroup(click.Group):
         except KeyboardInterrupt as exc:
             # Ctrl-C, SIGTERM or SIGHUP: the pipeline already put live back as it was
             raise _click_error(_interrupted_message(ctx, exc), EXIT_INTERRUPTED) from None
-        except sqlite3.Error as exc:
+        except _sqlite_errors() as exc:
             # anything SQLite that escapes the gates is about state.db (e.g. locked)
             if _debug(ctx):
                 raise
@@ -175,6 +173,13 @@ def _interrupted_message(ctx: click.Context, exc: KeyboardInterrupt) -> str:
     return f"{why}; {where} ({config.live_path})"
 
 
+def _sqlite_errors() -> type[Exception] | tuple[()]:
+    """sqlite3.Error once sqlite3 is loaded (every store command loads it); before that
+    no SQLite error can happen, and --help and --version never load it."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3.Error if sqlite3 is not None else ()
+
+
 def _debug(ctx: click.Context) -> bool:
     settings = ctx.obj
     return bool(getattr(settings, "debug", False)) or "--debug" in sys.argv
@@ -211,6 +216,8 @@ def cli(ctx: click.Context, config_path: str | None, root: str | None, live: str
       releaser rollback --reason "bad categories"
       releaser history --limit 20 --json
     """
+    from .log import setup_logging  # here: --help and --version never load logging
+
     setup_logging(debug=debug, verbose=verbose)
     ctx.obj = Settings(config_path, root, live, debug)
     ctx.obj.json = as_json

@@ -7,7 +7,6 @@ imported only here, when the command runs.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -42,6 +41,8 @@ def watch(inbox: Path | None, polling: bool | None, as_json: bool) -> None:
       releaser watch --inbox /srv/builds/inbox --polling
       releaser -v watch --json
     """
+    import json
+
     from .output import envelope
     from .watch import Watcher  # watchdog is only needed here
 
