@@ -14,7 +14,8 @@ In one run, on the same machine and the same (cached) file:
   the integrity gate (quick_check + the index-vs-table check beside it) vs
   quick_check alone                             target <= 2x; integrity_check shown
   `releaser --version` wall time vs `python -c 'import click'`   target <= 2x
-  (`--startup-only` measures just that, in a few seconds)
+  `releaser status` on a small store, the same way             (info)
+  (`--startup-only` measures just these two, in a few seconds)
 
 The 8M-row file is generated once and cached under bench-results/ (gitignored).
 Prints a table and writes bench-results/bench-<time>.json and bench-results/latest.json.
@@ -154,6 +155,26 @@ def startup_row(trials: int = 21) -> tuple[str, float, str, float, str, bool]:
             ratio <= 2.0)
 
 
+def status_row(trials: int = 21) -> tuple[str, float, str, float, str, bool]:
+    """Median wall seconds of `releaser status` on a store holding one 3000-row release,
+    alternated with `python -c 'import click'` (info: the suite runs ~450 commands that
+    load the config and state.db like this)."""
+    work = OUT / "startup"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = write_config(work)
+    fresh_store(work, cfg)
+    src = work / "small.db"
+    if not src.exists():
+        write_sample(src, rows=3000, seed=1)
+    publish(cfg, src)
+    rel, click_ = [], []
+    for _ in range(trials):
+        rel.append(run([str(RELEASER), "--config", str(cfg), "status"])[0])
+        click_.append(run([sys.executable, "-c", "import click"])[0])
+    return ("releaser status (s)", med(rel), f"import click {med(click_):.3f} s",
+            med(rel) / med(click_), "(info)", True)
+
+
 def cpu_idle(seconds: float = 3.0) -> float:
     """The fraction of the machine's CPU time that was idle over the next seconds."""
     def snap() -> tuple[int, int]:
@@ -282,7 +303,7 @@ def main() -> int:
     ap.add_argument("--small-rows", type=int, default=80_000, help="the ~10 MB candidate")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--startup-only", action="store_true",
-                    help="only `releaser --version` against `import click`")
+                    help="only `releaser --version` and `status` against `import click`")
     ap.add_argument("--integrity-only", action="store_true",
                     help="only the integrity gate against quick_check and integrity_check")
     ap.add_argument("--db", type=Path,
@@ -294,9 +315,9 @@ def main() -> int:
                     help="with --integrity-only: leave out the ~25x slower integrity_check")
     args = ap.parse_args()
     if args.startup_only:
-        row = startup_row()
-        print_rows([row])
-        return 0 if row[-1] else 1
+        rows = [startup_row(), status_row()]
+        print_rows(rows)
+        return 0 if all(r[-1] for r in rows) else 1
     OUT.mkdir(exist_ok=True)
     if args.integrity_only:
         big = args.db or candidate(args.rows, 1)
@@ -362,6 +383,7 @@ def main() -> int:
         ("monitor check 1 GB (s)", med(monitor), f"seed-style {med(seed_style):.3f} s",
          med(monitor) / med(seed_style), "<= 0.2", med(monitor) / med(seed_style) <= 0.2),
         startup_row(),
+        status_row(),
         *integrity_rows(big),
     ]
     size_mb = big.stat().st_size / 1e6
