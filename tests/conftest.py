@@ -113,14 +113,25 @@ class Env:
         }
 
 
-# The longest test (one systemd-nspawn boot, 50-90 s) goes first: under `make test`'s
-# `--dist worksteal` the worker that takes it starts it at once and the others take over
-# the rest of its share, so it runs beside the suite instead of after it.
-FIRST = ("tests/test_systemd_real.py::",)
+# The longest tests go first, longest first: under `make test`'s `--dist worksteal` the
+# worker that takes them starts them at once and the others take over the rest of its
+# share, so they run beside the suite instead of after it. One systemd-nspawn boot (40-90 s),
+# then two that mostly wait: a monitor watching an error rate for 20 s, and an agent
+# restarted mid-bake (~15 s). Started last, the 20 s one was the suite's tail (~20 s).
+FIRST = (
+    "tests/test_systemd_real.py::",
+    "tests/test_analysis_release.py::test_error_rate_rising_20_s_after_publish",
+    "tests/fleet/test_waves_analysis.py::test_an_agent_restarted_mid_bake",
+)
+
+
+def _first_rank(item: pytest.Item) -> int:
+    return next((i for i, prefix in enumerate(FIRST) if item.nodeid.startswith(prefix)),
+                len(FIRST))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the rest keep order
+    items.sort(key=_first_rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)
