@@ -146,12 +146,26 @@ def _sample_builds_once(tmp_path_factory: pytest.TempPathFactory) -> None:
     sample.cache_dir = folder
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Env:
-    e = Env(tmp=tmp_path, config=tmp_path / "releaser.toml", live=tmp_path / "app" / "tags.db",
-            root=tmp_path / "store")
+def env_in(tmp: Path) -> Env:
+    """An Env with its config written, its store and live path under tmp."""
+    e = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
+            root=tmp / "store")
     e.write_config()
     return e
+
+
+def publish_two(env: Env, builds: tuple[Path, Path] | None = None) -> Env:
+    """init, then two good releases: 1 (idle) and 2 (live), published in-process from
+    builds (default: the 3,000-row samples seeds 1 and 2)."""
+    env.cli("init")
+    for build in builds or (env.make_db("one.db", seed=1), env.make_db("two.db", seed=2)):
+        env.cli("publish", str(build))
+    return env
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return env_in(tmp_path)
 
 
 @pytest.fixture
@@ -162,11 +176,9 @@ def store(env: Env) -> Env:
 
 
 @pytest.fixture
-def published(store: Env) -> Env:
+def published(env: Env) -> Env:
     """A store with two good releases: 1 (idle) and 2 (live)."""
-    store.cli("publish", str(store.make_db("one.db", seed=1)))
-    store.cli("publish", str(store.make_db("two.db", seed=2)))
-    return store
+    return publish_two(env)
 
 
 MakeDb = Callable[..., Path]

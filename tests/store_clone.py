@@ -23,19 +23,13 @@ from pathlib import Path
 
 from releaser.store import RELEASE_FILE_RE
 
-from .conftest import Env
+from .conftest import Env, env_in, publish_two
 
 
 def two_releases(tmp: Path) -> Env:
     """conftest's `published` store, built in tmp: releases 1 (idle) and 2 (live), from
     3,000-row builds seeds 1 and 2, published through the CLI. Clone it per test."""
-    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
-              root=tmp / "store")
-    env.write_config()
-    env.cli("init")
-    env.cli("publish", str(env.make_db("one.db", seed=1)))
-    env.cli("publish", str(env.make_db("two.db", seed=2)))
-    return env
+    return publish_two(env_in(tmp))
 
 
 def clone_store(template: Env, env: Env) -> Env:

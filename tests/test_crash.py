@@ -22,7 +22,7 @@ import pytest
 from tests.sample import write_sample
 
 from . import faults
-from .conftest import RELEASER_BIN, Env
+from .conftest import RELEASER_BIN, Env, env_in, publish_two
 from .robust import assert_live_is_recorded_and_sound, leftovers, sha256, state_rows
 from .store_clone import clone_store
 
@@ -41,14 +41,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def store_template(tmp_path_factory: pytest.TempPathFactory, builds: list[Path]) -> Env:
     """init, then builds 0 and 1 published (release 2 live, 1 its rollback target), once."""
-    tmp = tmp_path_factory.mktemp("crash-store")
-    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
-              root=tmp / "store")
-    env.write_config()
-    env.cli("init")
-    env.cli("publish", str(builds[0]))
-    env.cli("publish", str(builds[1]))
-    return env
+    return publish_two(env_in(tmp_path_factory.mktemp("crash-store")), (builds[0], builds[1]))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from releaser import sdnotify
 from releaser.store import Store
 
-from .conftest import Env
+from .conftest import Env, env_in, publish_two
 from .monitorproc import (
     MonitorProc,
     events,
@@ -73,13 +73,7 @@ REVERTED_2_TO_1 = "auto-revert: live release 2 -> 1"
 def published_env(tmp: Path) -> Env:
     """Like the `published` fixture, in a folder of its own (several stores per test)."""
     tmp.mkdir()
-    env = Env(tmp=tmp, config=tmp / "releaser.toml", live=tmp / "app" / "tags.db",
-              root=tmp / "store")
-    env.write_config()
-    env.cli("init")
-    env.cli("publish", str(env.make_db("one.db", seed=1)))
-    env.cli("publish", str(env.make_db("two.db", seed=2)))
-    return env
+    return publish_two(env_in(tmp))
 
 
 def test_damaged_live_release_is_auto_reverted(tmp_path: Path) -> None:
