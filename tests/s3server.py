@@ -108,6 +108,9 @@ class WeedServer:
         # `weed mini` turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment
         # into its only identity; without them any key works (what the tests expect)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        # its logs and scratch volumes go to $TMPDIR (Go's os.TempDir): keep them in
+        # data_dir, removed with the test's folder, not left behind in /tmp or /dev/shm
+        env["TMPDIR"] = str(self.data_dir)
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.data_dir,
                                      start_new_session=True, env=env,
