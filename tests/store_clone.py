@@ -21,15 +21,26 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from releaser.store import RELEASE_FILE_RE
 
 from .conftest import Env, env_in, publish_two
 
 
-def two_releases(tmp: Path) -> Env:
-    """conftest's `published` store, built in tmp: releases 1 (idle) and 2 (live), from
-    3,000-row builds seeds 1 and 2, published through the CLI. Clone it per test."""
-    return publish_two(env_in(tmp))
+@pytest.fixture(scope="module")
+def published_template(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    """conftest's `published` store (releases 1 idle, 2 live, from the 3,000-row samples
+    seeds 1 and 2, published through the CLI), built once per module that imports it."""
+    return publish_two(env_in(tmp_path_factory.mktemp("published-template")))
+
+
+@pytest.fixture(name="published")
+def cloned_published(env: Env, published_template: Env) -> Env:
+    """conftest's `published`, cloned from the module's template (clone_store): for a
+    module whose cases cost less than two publishes and never damage a release file.
+    A module that imports it (and published_template) gets it as its `published`."""
+    return clone_store(published_template, env)
 
 
 def clone_store(template: Env, env: Env) -> Env:

@@ -29,21 +29,11 @@ import pytest
 
 from .conftest import Env
 from .robust import leftovers, run_releaser, sha256
-from .store_clone import clone_store, two_releases
+
+# fixtures: `published` here is a clone of one store built per module
+from .store_clone import cloned_published, published_template  # noqa: F401
 
 Maker = Callable[[Env], AbstractContextManager[Path]]
-
-
-@pytest.fixture(scope="module")
-def published_template(tmp_path_factory: pytest.TempPathFactory) -> Env:
-    return two_releases(tmp_path_factory.mktemp("published-template"))
-
-
-@pytest.fixture
-def published(env: Env, published_template: Env) -> Env:
-    """conftest's `published` (releases 1 idle, 2 live), cloned from one built per module
-    (tests/store_clone.py): two in-process publishes cost more than most cases here."""
-    return clone_store(published_template, env)
 
 
 @contextmanager

@@ -16,7 +16,9 @@ import pytest
 
 from .conftest import Env
 from .robust import assert_live_is_recorded_and_sound, leftovers, run_releaser
-from .store_clone import clone_store, two_releases
+
+# fixtures: `published` here is a clone of one store built per module
+from .store_clone import cloned_published, published_template  # noqa: F401
 
 LIMIT = 2 << 20  # bytes: more than state.db needs, far less than the candidate
 
@@ -43,17 +45,6 @@ def _with_pending_wal(env: Env) -> Path:
 
 
 _open_writers: list[sqlite3.Connection] = []
-
-
-@pytest.fixture(scope="module")
-def published_template(tmp_path_factory: pytest.TempPathFactory) -> Env:
-    return two_releases(tmp_path_factory.mktemp("published-template"))
-
-
-@pytest.fixture
-def published(env: Env, published_template: Env) -> Env:
-    """conftest's `published`, cloned from one built per module (tests/store_clone.py)."""
-    return clone_store(published_template, env)
 
 
 @pytest.mark.parametrize("make", [_plain, _with_pending_wal], ids=["stream-copy", "backup-api"])
