@@ -53,7 +53,9 @@ def health_checks(env: Env) -> list[dict[str, Any]]:
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0,
-             proc: MonitorProc | None = None) -> Any:
+             proc: MonitorProc | None = None, interval: float = 0.1) -> Any:
+    """pred() every interval until it is true; fails at timeout or when proc exits (a pred
+    that runs a CLI command in-process costs tens of ms of CPU: poll those less often)."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -65,7 +67,7 @@ def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0,
         if time.monotonic() > deadline:
             extra = f"\nmonitor stderr:\n{proc.stderr()}" if proc else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 class MonitorProc:

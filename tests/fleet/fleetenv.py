@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,24 +20,11 @@ from releaser.config import load_config
 from releaser.fleet.bucket import Bucket
 from releaser.fleet.sign import keygen
 from tests.conftest import RELEASER_BIN, config_text
+from tests.monitorproc import wait_for  # noqa: F401 - the fleet tests import it from here
 from tests.s3server import die_with_parent
 from tests.sample import write_sample
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0,
-             interval: float = 0.1) -> Any:
-    """pred() every interval until it is true (a pred that runs a CLI command in-process
-    costs tens of ms of CPU: poll those less often)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
